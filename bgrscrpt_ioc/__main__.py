@@ -1,0 +1,3 @@
+from bgrscrpt_ioc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The Channel Access adapter: caproto PVGroups that translate between PVs and the core."""

@@ -1,0 +1,1 @@
+"""The pure core: policies and state machines, no I/O and no event loop."""

@@ -1,0 +1,1 @@
+"""Adapters that own the scripts' processes: spawning, process groups, output, notify."""
