@@ -1,0 +1,185 @@
+"""The IOC: one asyncio loop serving the PVs, supervising the scripts, publishing state.
+
+Start-up order matters: lock the var dir (a second IOC must not touch the
+database), kill what a previous IOC left behind, start the guardian (so that no
+script can outlive us), then serve PVs and start the scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from caproto.asyncio.server import start_server
+
+from bgrscrpt_ioc.ca.access import apply_access
+from bgrscrpt_ioc.ca.pvdb import build_pvdb
+from bgrscrpt_ioc.settings import Settings
+from bgrscrpt_ioc.state_db import StateDB, VarDirLock
+from bgrscrpt_ioc.supervisor.guardian import Guardian
+from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group
+from bgrscrpt_ioc.supervisor.runner import SlotRunner
+
+log = logging.getLogger("bgrscrpt_ioc")
+
+# PV updates go out at most this often: bounds CPU under an output flood and
+# avoids caproto 1.3.0's "deque mutated during iteration" under subscriber churn.
+PUBLISH_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class IocOptions:
+    prefix: str
+    config_dir: Path
+    var_dir: Path
+    settings: Settings
+    interfaces: list[str]
+
+
+class Publisher:
+    """Coalesces change notices into at most one PV publication per interval."""
+
+    def __init__(self, runners: list[SlotRunner], slot_groups: dict, ioc_group, started: float):
+        self.runners = runners
+        self.slot_groups = slot_groups
+        self.ioc_group = ioc_group
+        self.started = started
+        self.heartbeat = 0
+        self._dirty = asyncio.Event()
+
+    def changed(self) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            now = time.monotonic()
+            for runner in self.runners:
+                try:
+                    await self.slot_groups[runner.name].publish(runner.view(now))
+                except Exception:  # a publication problem must never stop the IOC
+                    log.exception("publishing %s failed", runner.name)
+            await self.ioc_group.publish(self.heartbeat, int(now - self.started))
+            await asyncio.sleep(PUBLISH_INTERVAL)
+
+    async def tick(self) -> None:
+        """1 Hz: the IOC's HEARTBEAT, each healthy slot's HEARTBEAT, UPTIMEs.
+
+        Scheduled against absolute monotonic seconds so beats do not drift.
+        """
+        next_beat = self.started + 1.0
+        while True:
+            await asyncio.sleep(max(next_beat - time.monotonic(), 0.0))
+            now = time.monotonic()
+            self.heartbeat += 1
+            for runner in self.runners:
+                runner.beat(now)
+            next_beat += 1.0
+            if next_beat < now:  # the loop was blocked: resynchronise, do not burst
+                next_beat = now + 1.0
+            self.changed()
+
+
+def _clean_leftovers(db: StateDB) -> None:
+    for run in db.open_runs():
+        killed = kill_leftover_group(run.pid, run.slot)
+        if killed:
+            log.warning("%s: killed %d process(es) left by a previous IOC: %s", run.slot,
+                        len(killed), killed)
+        db.run_ended(run.id, -9 if killed else 0, "ioc-exit")
+
+
+async def run_ioc(options: IocOptions) -> int:
+    """Serve until SIGINT or SIGTERM; stop every script first; return the exit status."""
+    loop = asyncio.get_running_loop()
+    options.var_dir.mkdir(parents=True, exist_ok=True)
+    lock = VarDirLock(options.var_dir)
+    lock.acquire()  # raises VarDirInUse, reported by the CLI
+    db = StateDB(options.var_dir / "state.sqlite")
+    guardian = Guardian()
+    stop_requested = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    runners: list[SlotRunner] = []
+    try:
+        _clean_leftovers(db)
+        guardian.start()
+        started = time.monotonic()
+        publisher_ref: list[Publisher] = []
+
+        def changed() -> None:
+            if publisher_ref:
+                publisher_ref[0].changed()
+
+        for slot in options.settings.slots:
+            runners.append(
+                SlotRunner(
+                    slot,
+                    config_dir=options.config_dir,
+                    var_dir=options.var_dir,
+                    prefix=options.prefix,
+                    db=db,
+                    guardian=guardian,
+                    on_change=changed,
+                )
+            )
+        now = time.monotonic()
+        pvdb, ioc_group, slot_groups = build_pvdb(
+            options.prefix, [(r.name, r, r.view(now)) for r in runners]
+        )
+        settings = options.settings
+        if settings.write_hosts is not None or settings.write_users is not None:
+            apply_access(pvdb, write_hosts=settings.write_hosts, write_users=settings.write_users)
+        publisher = Publisher(runners, slot_groups, ioc_group, started)
+        publisher_ref.append(publisher)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop_requested.set)
+
+        server = asyncio.create_task(start_server(pvdb, interfaces=options.interfaces))
+        tasks += [server, asyncio.create_task(publisher.run()), asyncio.create_task(publisher.tick())]
+        for runner in runners:
+            runner.open(loop)
+        log.info(
+            "serving %d PVs with prefix %r on %s; config dir %s; var dir %s",
+            len(pvdb), options.prefix, ", ".join(options.interfaces), options.config_dir,
+            options.var_dir,
+        )
+        for runner in runners:
+            runner.start_if_present()
+        publisher.changed()
+
+        stopper = asyncio.create_task(stop_requested.wait())
+        done, _ = await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if server in done and not stop_requested.is_set():
+            exc = server.exception()
+            log.error("the Channel Access server stopped: %s", exc)
+            return 1
+        log.info("shutting down: stopping every script")
+        return 0
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        # Scripts first: nothing may outlive the IOC.
+        await asyncio.gather(*(r.shutdown() for r in runners), return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        guardian.close()
+        db.close()
+        lock.release()
+
+
+def main_loop(options: IocOptions) -> int:
+    """Run the IOC on a fresh event loop (the CLI's entry point)."""
+    os.environ.setdefault("EPICS_CA_SERVER_PORT", "5064")
+    return asyncio.run(run_ioc(options))

@@ -1,0 +1,138 @@
+"""``python -m bgrscrpt_ioc`` / ``bgrscrpt-ioc``: the command line of SPEC.md.
+
+Every problem with the command line, the settings file or the directories is
+one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bgrscrpt_ioc import __version__
+from bgrscrpt_ioc.settings import SettingsError, load_settings, slot_name
+
+PROG = "bgrscrpt-ioc"
+
+
+class UsageError(Exception):
+    """A one-line problem with how the IOC was started (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ
+    default_var = (
+        Path(env["ICPVARDIR"]) / "bgrscrpt" if env.get("ICPVARDIR") else Path("var")
+    )
+    p = _Parser(prog=PROG, description="Background-script IOC: supervises BGRSCRPT_NN scripts "
+                "and serves their state over Channel Access.")
+    p.add_argument("--prefix", default=env.get("MYPVPREFIX", ""),
+                   help="PV prefix (default: $MYPVPREFIX, else empty)")
+    p.add_argument("--config-dir", type=Path,
+                   default=Path(env.get("ICPINSTSCRIPTROOT") or "."),
+                   help="directory holding the scripts (default: $ICPINSTSCRIPTROOT, else .)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML settings (default: CONFIG_DIR/bgrscrpt.toml if it exists)")
+    p.add_argument("--slots", type=int, default=2, help="number of slots BGRSCRPT_01..NN")
+    p.add_argument("--var-dir", type=Path, default=default_var,
+                   help="logs and state database (default: $ICPVARDIR/bgrscrpt, else ./var)")
+    p.add_argument("--interfaces", nargs="+", default=["127.0.0.1"], metavar="ADDR",
+                   help="CA server interfaces (default: 127.0.0.1)")
+    p.add_argument("--list-pvs", action="store_true", help="print every PV name and exit")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="IOC log level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _check_interfaces(interfaces: list[str]) -> bool:
+    """Validate the addresses; True when every one is loopback."""
+    loopback = True
+    for addr in interfaces:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            raise UsageError(f"--interfaces: {addr!r} is not an IP address") from None
+        loopback = loopback and ip.is_loopback
+    return loopback
+
+
+def _ca_environment(loopback_only: bool) -> None:
+    """Port and beacon settings, before caproto reads the environment."""
+    env = os.environ
+    # An EPICS base IOC takes EPICS_CAS_SERVER_PORT first; caproto ignores it.
+    if env.get("EPICS_CAS_SERVER_PORT"):
+        env["EPICS_CA_SERVER_PORT"] = env["EPICS_CAS_SERVER_PORT"]
+    port = env.get("EPICS_CA_SERVER_PORT", "5064")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"EPICS_CA_SERVER_PORT={port!r} is not a port number")
+    # As IBEX's runIOC does: a loopback-only IOC announces itself on loopback only.
+    if loopback_only and "EPICS_CAS_BEACON_ADDR_LIST" not in env:
+        env["EPICS_CAS_BEACON_ADDR_LIST"] = "127.255.255.255"
+        env.setdefault("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+
+
+def _settings_path(args: argparse.Namespace) -> Path | None:
+    if args.config is not None:
+        if not args.config.is_file():
+            raise UsageError(f"--config: no settings file at {args.config}")
+        return args.config
+    default = args.config_dir / "bgrscrpt.toml"
+    return default if default.is_file() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if not 1 <= args.slots <= 99:
+            raise UsageError("--slots must be between 1 and 99")
+        if args.list_pvs:
+            from bgrscrpt_ioc.ca.pvdb import pv_names
+
+            names = [slot_name(i) for i in range(1, args.slots + 1)]
+            print("\n".join(pv_names(args.prefix, names)))
+            return 0
+        config_dir = args.config_dir.absolute()
+        if not config_dir.is_dir():
+            raise UsageError(f"--config-dir: no directory at {config_dir}")
+        settings = load_settings(_settings_path(args), config_dir=config_dir,
+                                 slot_count=args.slots)
+        loopback_only = _check_interfaces(args.interfaces)
+        _ca_environment(loopback_only)
+    except (UsageError, SettingsError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("caproto").setLevel(logging.WARNING)
+
+    from bgrscrpt_ioc.app import IocOptions, main_loop
+    from bgrscrpt_ioc.state_db import VarDirInUse
+
+    options = IocOptions(
+        prefix=args.prefix,
+        config_dir=config_dir,
+        var_dir=args.var_dir.absolute(),
+        settings=settings,
+        interfaces=args.interfaces,
+    )
+    try:
+        return main_loop(options)
+    except VarDirInUse as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,196 @@
+"""The TOML settings file: load, validate, and say exactly what is wrong.
+
+A broken file must never half-apply, so everything is checked before anything
+is used, and every error names the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, AutoRestart, Policy
+
+
+class SettingsError(Exception):
+    """A one-line, human-readable problem with the settings file."""
+
+
+# Keys of [supervisor], usable again in [slots.BGRSCRPT_NN]: (type, minimum, maximum)
+_NUMBERS: dict[str, tuple[type, float, float]] = {
+    "startsecs": (float, 0.0, 3600.0),
+    "stop_timeout": (float, 0.0, 3600.0),
+    "backoff_initial": (float, 0.0, 3600.0),
+    "backoff_max": (float, 0.0, 86400.0),
+    "start_limit_burst": (int, 1, 1000),
+    "start_limit_interval": (float, 0.0, 86400.0),
+    "watchdog": (float, 0.0, 86400.0),
+    "log_max_bytes": (int, 1024, 1 << 40),
+    "log_backups": (int, 0, 1000),
+}
+_SUPERVISOR_KEYS = set(_NUMBERS) | {"autorestart"}
+_SLOT_KEYS = _SUPERVISOR_KEYS | {"script", "macros"}
+_ACCESS_KEYS = {"write_hosts", "write_users"}
+_TOP_KEYS = {"supervisor", "slots", "access"}
+
+
+def slot_name(index: int) -> str:
+    """1 -> 'BGRSCRPT_01'."""
+    return f"BGRSCRPT_{index:02d}"
+
+
+def default_script(index: int) -> str:
+    """IBEX's names: background_script.py for _01, background_script2.py for _02, …"""
+    return "background_script.py" if index == 1 else f"background_script{index}.py"
+
+
+@dataclass(frozen=True)
+class SlotSettings:
+    """Everything one slot needs to know from the settings."""
+
+    name: str
+    script: Path
+    policy: Policy = field(default_factory=Policy)
+    autorestart: AutoRestart = AutoRestart.ON_FAILURE
+    watchdog: float = 0.0
+    macros: dict[str, Any] | None = None
+    log_max_bytes: int = 10_000_000
+    log_backups: int = 5
+
+
+@dataclass(frozen=True)
+class Settings:
+    slots: tuple[SlotSettings, ...]
+    write_hosts: list[str] | None = None
+    write_users: list[str] | None = None
+    source: Path | None = None
+
+
+def load_settings(path: Path | None, *, config_dir: Path, slot_count: int) -> Settings:
+    """Read ``path`` (None: all defaults) and build the settings of ``slot_count`` slots."""
+    data: dict[str, Any] = {}
+    text = ""
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path}: cannot read settings: {exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line = re.search(r"at line (\d+)", str(exc))
+            where = f"{path}:{line.group(1)}" if line else f"{path}"
+            raise SettingsError(f"{where}: not valid TOML: {exc}") from None
+    return _Validator(path, text).settings(data, config_dir, slot_count)
+
+
+class _Validator:
+    def __init__(self, path: Path | None, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def fail(self, table: str, key: str, problem: str) -> SettingsError:
+        line = self._line_of(table, key)
+        where = f"{self.path}:{line}" if line else f"{self.path}"
+        dotted = f"{table}.{key}" if table else key
+        return SettingsError(f"{where}: {dotted}: {problem}")
+
+    def _line_of(self, table: str, key: str) -> int:
+        """Best effort: the line of ``key`` inside ``[table]`` (tomllib keeps no positions)."""
+        header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
+        key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        dotted = f"{table}.{key}" if table else key
+        current = ""
+        for number, line in enumerate(self.lines, 1):
+            match = header.match(line)
+            if match:
+                current = match.group(1).replace('"', "").replace("'", "")
+                if current == dotted:  # the key is a table of its own: [table.key]
+                    return number
+            elif current == table and key_re.match(line):
+                return number
+        return 0
+
+    def settings(self, data: dict[str, Any], config_dir: Path, slot_count: int) -> Settings:
+        for key in data:
+            if key not in _TOP_KEYS:
+                raise self.fail("", key, f"unknown key (expected one of {sorted(_TOP_KEYS)})")
+        supervisor = self.table(data, "", "supervisor")
+        defaults = self.slot_values("supervisor", supervisor, _SUPERVISOR_KEYS)
+        slots_table = self.table(data, "", "slots")
+        names = [slot_name(i) for i in range(1, slot_count + 1)]
+        for name in slots_table:
+            if name not in names:
+                raise self.fail("slots", name, f"no such slot (this IOC has {', '.join(names)})")
+        slots = []
+        for index, name in enumerate(names, 1):
+            own = self.table(slots_table, "slots", name)
+            values = {**defaults, **self.slot_values(f"slots.{name}", own, _SLOT_KEYS)}
+            slots.append(self.slot(name, index, values, config_dir))
+        access = self.table(data, "", "access")
+        hosts = users = None
+        for key, value in access.items():
+            if key not in _ACCESS_KEYS:
+                raise self.fail("access", key, f"unknown key (expected {sorted(_ACCESS_KEYS)})")
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise self.fail("access", key, "must be a list of strings")
+        hosts = access.get("write_hosts")
+        users = access.get("write_users")
+        return Settings(tuple(slots), hosts, users, self.path)
+
+    def table(self, parent: dict[str, Any], where: str, key: str) -> dict[str, Any]:
+        value = parent.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(where, key, "must be a table")
+        return value
+
+    def slot_values(self, table: str, values: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in allowed:
+                raise self.fail(table, key, f"unknown key (expected one of {sorted(allowed)})")
+            if key in _NUMBERS:
+                kind, low, high = _NUMBERS[key]
+                ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+                if isinstance(value, bool) or not ok_type:
+                    raise self.fail(table, key, f"must be {'an integer' if kind is int else 'a number'}")
+                if not (math.isfinite(value) and low <= value <= high):
+                    raise self.fail(table, key, f"must be between {low:g} and {high:g}")
+                out[key] = kind(value)
+            elif key == "autorestart":
+                if value not in AUTORESTART_LABELS:
+                    raise self.fail(table, key, f"must be one of {list(AUTORESTART_LABELS)}")
+                out[key] = AutoRestart(AUTORESTART_LABELS.index(value))
+            elif key == "script":
+                if not isinstance(value, str) or not value:
+                    raise self.fail(table, key, "must be a file name or path")
+                out[key] = value
+            elif key == "macros":
+                if not isinstance(value, dict):
+                    raise self.fail(table, key, "must be a table of macro names and values")
+                out[key] = value
+        return out
+
+    def slot(self, name: str, index: int, values: dict[str, Any], config_dir: Path) -> SlotSettings:
+        policy_keys = set(Policy.__dataclass_fields__)
+        policy = Policy(**{k: v for k, v in values.items() if k in policy_keys})
+        if policy.backoff_max < policy.backoff_initial:
+            table = f"slots.{name}" if "backoff_max" not in values else "supervisor"
+            raise self.fail(table, "backoff_max", "must not be less than backoff_initial")
+        script = Path(values.get("script", default_script(index)))
+        if not script.is_absolute():
+            script = config_dir / script
+        return SlotSettings(
+            name=name,
+            script=script.absolute(),
+            policy=policy,
+            autorestart=values.get("autorestart", AutoRestart.ON_FAILURE),
+            watchdog=values.get("watchdog", 0.0),
+            macros=values.get("macros"),
+            log_max_bytes=values.get("log_max_bytes", 10_000_000),
+            log_backups=values.get("log_backups", 5),
+        )
