@@ -91,8 +91,12 @@ def _clean_leftovers(db: StateDB) -> None:
     for run in db.open_runs():
         killed = kill_leftover_group(run.pid, run.slot)
         if killed:
-            log.warning("%s: killed %d process(es) left by a previous IOC: %s", run.slot,
-                        len(killed), killed)
+            log.warning(
+                "%s: killed %d process(es) left by a previous IOC: %s",
+                run.slot,
+                len(killed),
+                killed,
+            )
         db.run_ended(run.id, -9 if killed else 0, "ioc-exit")
 
 
@@ -143,12 +147,19 @@ async def run_ioc(options: IocOptions) -> int:
             loop.add_signal_handler(signum, stop_requested.set)
 
         server = asyncio.create_task(start_server(pvdb, interfaces=options.interfaces))
-        tasks += [server, asyncio.create_task(publisher.run()), asyncio.create_task(publisher.tick())]
+        tasks += [
+            server,
+            asyncio.create_task(publisher.run()),
+            asyncio.create_task(publisher.tick()),
+        ]
         for runner in runners:
             runner.open(loop)
         log.info(
             "serving %d PVs with prefix %r on %s; config dir %s; var dir %s",
-            len(pvdb), options.prefix, ", ".join(options.interfaces), options.config_dir,
+            len(pvdb),
+            options.prefix,
+            ", ".join(options.interfaces),
+            options.config_dir,
             options.var_dir,
         )
         for runner in runners:

@@ -30,26 +30,50 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     env = os.environ
-    default_var = (
-        Path(env["ICPVARDIR"]) / "bgrscrpt" if env.get("ICPVARDIR") else Path("var")
+    default_var = Path(env["ICPVARDIR"]) / "bgrscrpt" if env.get("ICPVARDIR") else Path("var")
+    p = _Parser(
+        prog=PROG,
+        description="Background-script IOC: supervises BGRSCRPT_NN scripts "
+        "and serves their state over Channel Access.",
     )
-    p = _Parser(prog=PROG, description="Background-script IOC: supervises BGRSCRPT_NN scripts "
-                "and serves their state over Channel Access.")
-    p.add_argument("--prefix", default=env.get("MYPVPREFIX", ""),
-                   help="PV prefix (default: $MYPVPREFIX, else empty)")
-    p.add_argument("--config-dir", type=Path,
-                   default=Path(env.get("ICPINSTSCRIPTROOT") or "."),
-                   help="directory holding the scripts (default: $ICPINSTSCRIPTROOT, else .)")
-    p.add_argument("--config", type=Path, default=None,
-                   help="TOML settings (default: CONFIG_DIR/bgrscrpt.toml if it exists)")
+    p.add_argument(
+        "--prefix",
+        default=env.get("MYPVPREFIX", ""),
+        help="PV prefix (default: $MYPVPREFIX, else empty)",
+    )
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        default=Path(env.get("ICPINSTSCRIPTROOT") or "."),
+        help="directory holding the scripts (default: $ICPINSTSCRIPTROOT, else .)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML settings (default: CONFIG_DIR/bgrscrpt.toml if it exists)",
+    )
     p.add_argument("--slots", type=int, default=2, help="number of slots BGRSCRPT_01..NN")
-    p.add_argument("--var-dir", type=Path, default=default_var,
-                   help="logs and state database (default: $ICPVARDIR/bgrscrpt, else ./var)")
-    p.add_argument("--interfaces", nargs="+", default=["127.0.0.1"], metavar="ADDR",
-                   help="CA server interfaces (default: 127.0.0.1)")
+    p.add_argument(
+        "--var-dir",
+        type=Path,
+        default=default_var,
+        help="logs and state database (default: $ICPVARDIR/bgrscrpt, else ./var)",
+    )
+    p.add_argument(
+        "--interfaces",
+        nargs="+",
+        default=["127.0.0.1"],
+        metavar="ADDR",
+        help="CA server interfaces (default: 127.0.0.1)",
+    )
     p.add_argument("--list-pvs", action="store_true", help="print every PV name and exit")
-    p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="IOC log level")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="IOC log level",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -104,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         config_dir = args.config_dir.absolute()
         if not config_dir.is_dir():
             raise UsageError(f"--config-dir: no directory at {config_dir}")
-        settings = load_settings(_settings_path(args), config_dir=config_dir,
-                                 slot_count=args.slots)
+        settings = load_settings(_settings_path(args), config_dir=config_dir, slot_count=args.slots)
         loopback_only = _check_interfaces(args.interfaces)
         _ca_environment(loopback_only)
     except (UsageError, SettingsError) as exc:

@@ -157,7 +157,9 @@ class _Validator:
                 kind, low, high = _NUMBERS[key]
                 ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
                 if isinstance(value, bool) or not ok_type:
-                    raise self.fail(table, key, f"must be {'an integer' if kind is int else 'a number'}")
+                    raise self.fail(
+                        table, key, f"must be {'an integer' if kind is int else 'a number'}"
+                    )
                 if not (math.isfinite(value) and low <= value <= high):
                     raise self.fail(table, key, f"must be between {low:g} and {high:g}")
                 out[key] = kind(value)

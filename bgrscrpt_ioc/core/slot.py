@@ -9,6 +9,7 @@ when ``next_deadline()`` has passed.
 
 from __future__ import annotations
 
+import math
 import signal
 from collections import deque
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class Slot:
     _retry_at: float = 0.0  # BACKOFF: when to start again
     _kill_at: float | None = None  # STOPPING: when SIGTERM turns into SIGKILL
     _stop_cause: str = Cause.STOP  # STOPPING: what we record when it ends
-    _then: str = ""  # STOPPING: "start" (operator), "restart" (automatic), ""
+    _then: str = ""  # STOPPING: "start" (operator), "restart"/"exit" (watchdog), "" (stop)
     _starts: deque[float] = field(default_factory=deque)
     _before_spawn: SlotState | None = None  # STARTING by an operator: where a failed spawn returns
 
@@ -172,8 +173,8 @@ class Slot:
 
     def set_watchdog(self, seconds: float, now: float) -> None:
         """A new watchdog period counts from now, not from the last beat."""
-        if seconds < 0:
-            raise ValueError("watchdog must be >= 0 seconds")
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("watchdog must be a finite number of seconds >= 0")
         self.watchdog = float(seconds)
         self.last_beat = now
 
@@ -212,7 +213,8 @@ class Slot:
         self.pid = 0
         self.run_started = None
         self.registered = False
-        what = describe_exit(returncode) + (f": {summary}" if summary else "")
+        how = describe_exit(returncode)
+        what = how + (f": {summary}" if summary else "")
         actions: list[Action] = []
 
         if was is SlotState.STOPPING:
@@ -226,15 +228,25 @@ class Slot:
             if then == "restart":  # the watchdog's kill
                 actions += self._after_failure(now, cause, returncode, f"watchdog: {what}")
                 return actions
+            if then == "exit":  # the watchdog's kill, with AUTORESTART Off
+                self.state = SlotState.EXITED
+                self.message = f"watchdog: {what}"
+                actions.append(RunEnded(cause, returncode))
+                return actions
             self.state = SlotState.STOPPED
             self.message = f"stopped ({what})"
             actions.append(RunEnded(cause, returncode))
             return actions
 
         cause = Cause.SIGNAL if returncode < 0 else Cause.EXIT_CODE
-        early = was is SlotState.STARTING
-        if early:
-            what = f"failed to start: {what} after {lived:.1f} s"
+        if was is SlotState.STARTING:
+            # Died before startsecs: a failed start, retried whatever AUTORESTART says
+            # (supervisord's startretries); the start limit ends the attempts.
+            what = f"failed to start: {how} after {lived:.2f} s" + (
+                f": {summary}" if summary else ""
+            )
+            actions += self._after_failure(now, cause, returncode, what)
+            return actions
         clean = returncode == 0
         wanted = self.autorestart is AutoRestart.ALWAYS or (
             self.autorestart is AutoRestart.ON_FAILURE and not clean
@@ -280,17 +292,15 @@ class Slot:
     def tick(self, now: float) -> list[Action]:
         """Act on whatever deadline has passed."""
         if self.state in (SlotState.STARTING, SlotState.RUNNING):
-            if self.watchdog > 0 and now - self.last_beat > self.watchdog:
+            if self.run_started is None:  # spawn not yet confirmed: no deadlines run
+                return []
+            if self.watchdog > 0 and now >= self.last_beat + self.watchdog:
                 late = now - self.last_beat
-                restart = "restart" if self.autorestart is not AutoRestart.OFF else ""
+                restart = "restart" if self.autorestart is not AutoRestart.OFF else "exit"
                 return self._begin_stop(
                     now, Cause.WATCHDOG, then=restart, why=f"watchdog: no beat for {late:.1f} s"
                 )
-            if (
-                self.state is SlotState.STARTING
-                and self.run_started is not None
-                and now - self.run_started >= self.policy.startsecs
-            ):
+            if self.state is SlotState.STARTING and now >= self.run_started + self.policy.startsecs:
                 self.state = SlotState.RUNNING
                 self.message = f"running, pid {self.pid}"
             return []
@@ -322,6 +332,7 @@ class Slot:
         prior = SlotState.STOPPED if self.state is SlotState.STOPPING else self.state
         self._before_spawn = prior if manual else None
         self.state = SlotState.STARTING
+        self._then = ""
         self.pid = 0
         self.run_started = None
         self._starts.append(now)

@@ -1,0 +1,227 @@
+"""caproto building blocks shared by the PVGroups of this package.
+
+caproto 1.3 needs a little help to behave like an EPICS record:
+
+* A put that fails inside ``verify_value`` (where putters run) sets the PV's
+  alarm to WRITE/MAJOR. A rejected put must change nothing, so the writable
+  data classes here validate and run the putter *before* caproto's ``write``.
+* ``ChannelEnum`` lets an out-of-range index through; :class:`CheckedEnum`
+  does not.
+* Record fields (``.DESC``, ``.ZNAM``, ``.PROC`` …) are writable over CA and some
+  of them write through to the record. Here they are read-only: the contract is
+  the template, not whatever a client last wrote.
+* ``.EGU``, ``.ASG``, ``.FTVL``, limits and state severities are not filled in
+  from the channel's own metadata; :func:`describe_record` does that.
+* A rejected put makes caproto log a full traceback; :func:`quiet_rejected_puts`
+  turns that into one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from caproto import AccessRights, AlarmSeverity, AlarmStatus, ChannelData, ChannelType
+from caproto._data import Forbidden, SkipWrite
+from caproto._utils import CaprotoConversionError
+from caproto.server import PvpropertyDouble, PvpropertyEnum
+
+READONLY_ASG = "READONLY"
+"""The ``ASG`` of a record clients may not write (IBEX's access security group name)."""
+
+
+class PutRejected(ValueError):
+    """A put the IOC refuses. The client gets ECA_PUTFAIL; nothing changes."""
+
+
+class _VerifyBeforeWrite:
+    """Run verification and the putter before caproto's ``write``.
+
+    ``ChannelData.write`` runs them inside a ``try`` whose ``except`` writes a
+    WRITE/MAJOR alarm; a rejected put must leave value *and* alarm alone.
+    """
+
+    async def write(self, value: Any, *, verify_value: bool = True, **kwargs: Any) -> None:
+        if verify_value:
+            value = self.preprocess_value(value)  # type: ignore[attr-defined]
+            try:
+                checked = await self.verify_value(value)  # type: ignore[attr-defined]
+            except SkipWrite:
+                return
+            if checked is SkipWrite:
+                return
+            if checked is not None:
+                value = checked
+        await super().write(value, verify_value=False, **kwargs)  # type: ignore[misc]
+
+    async def write_from_dbr(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().write_from_dbr(*args, **kwargs)  # type: ignore[misc]
+        except CaprotoConversionError as ex:
+            # caproto's message is empty; the reason is in __cause__. The client sees this.
+            raise PutRejected(f"not a valid value: {ex.__cause__ or ex}") from None
+
+
+def enum_label(labels: tuple[str, ...], value: Any) -> str:
+    """The label ``value`` names: a label itself, or its index. Raises PutRejected."""
+    if isinstance(value, str):
+        if value in labels:
+            return value
+        raise PutRejected(f"{value!r} is not one of {', '.join(labels)}")
+    if isinstance(value, numbers.Integral):  # includes numpy integers
+        if 0 <= int(value) < len(labels):
+            return labels[int(value)]
+        raise PutRejected(f"index {int(value)} is out of range 0..{len(labels) - 1}")
+    raise PutRejected(f"cannot put {type(value).__name__} to an enum")
+
+
+class CheckedEnum(_VerifyBeforeWrite, PvpropertyEnum):
+    """A writable ENUM that rejects unknown strings and out-of-range indices.
+
+    The putter receives the label (a ``str``), never an index.
+    """
+
+    async def verify_value(self, value: Any) -> Any:
+        return await super().verify_value(enum_label(tuple(self.enum_strings), value))
+
+
+class CheckedDouble(_VerifyBeforeWrite, PvpropertyDouble):
+    """A writable DOUBLE whose control limits reject (not clamp) a put outside them."""
+
+
+def _read_only(hostname: str, username: str) -> AccessRights:
+    return AccessRights.READ
+
+
+async def _keep_value(instance: ChannelData, value: Any) -> Any:
+    return value
+
+
+def is_read_only(channel: ChannelData) -> bool:
+    """True when no client may ever write the channel.
+
+    Asks the channel's class, so host/user rules added per instance do not count.
+    """
+    return AccessRights.WRITE not in type(channel).check_access(channel, "", "")
+
+
+def _preset(channel: ChannelData, value: Any) -> None:
+    # Used before the server runs, when nothing can subscribe yet: the same as
+    # passing value= at construction, which a class-level pvproperty cannot do.
+    channel._data["value"] = value
+
+
+def preset_value(channel: ChannelData, value: Any) -> None:
+    """Set a channel's initial value synchronously (before the server starts)."""
+    _preset(channel, channel.preprocess_value(value))
+
+
+def preset_alarm(channel: ChannelData, status: AlarmStatus, severity: AlarmSeverity) -> None:
+    """Set a channel's initial alarm synchronously (before the server starts)."""
+    status, severity = AlarmStatus(status), AlarmSeverity(severity)
+    channel.alarm._data.update(status=status, severity=severity)
+    # .STAT/.SEVR follow the alarm only when it is published; start them in step.
+    fields: dict[str, ChannelData] = getattr(channel, "fields", {})
+    for name, index in (("STAT", int(status)), ("SEVR", int(severity))):
+        if name in fields:
+            _preset(fields[name], fields[name].enum_strings[index])
+
+
+_STATE_STRING_FIELDS = (
+    "ZRST", "ONST", "TWST", "THST", "FRST", "FVST", "SXST", "SVST",
+    "EIST", "NIST", "TEST", "ELST", "TVST", "TTST", "FTST", "FFST",
+)  # fmt: skip
+_STATE_SEVERITY_FIELDS = (
+    "ZRSV", "ONSV", "TWSV", "THSV", "FRSV", "FVSV", "SXSV", "SVSV",
+    "EISV", "NISV", "TESV", "ELSV", "TVSV", "TTSV", "FTSV", "FFSV",
+)  # fmt: skip
+
+
+_MENU_ALARM_SEVR = {
+    AlarmSeverity.NO_ALARM: "NO_ALARM",
+    AlarmSeverity.MINOR_ALARM: "MINOR",
+    AlarmSeverity.MAJOR_ALARM: "MAJOR",
+    AlarmSeverity.INVALID_ALARM: "INVALID",
+}  # EPICS menuAlarmSevr
+
+
+def describe_record(
+    channel: ChannelData, state_severities: Mapping[int, AlarmSeverity] | None = None
+) -> None:
+    """Fill in the record fields caproto leaves blank, then make every field read-only.
+
+    ``.ASG`` reads READONLY for a read-only record (as in the templates), ``.EGU``
+    the units, ``.FTVL`` CHAR for a char waveform, ``.DRVH``/``.DRVL`` and
+    ``.HOPR``/``.LOPR`` the control and display limits, the state names
+    (``ZNAM``/``ONAM``, ``ZRST``…) the enum strings, and the ``xxSV`` fields
+    of an mbbi/mbbo the severities in ``state_severities`` (state index → severity).
+    """
+    fields: dict[str, ChannelData] = getattr(channel, "fields", {})
+    values: dict[str, Any] = {"ASG": READONLY_ASG if is_read_only(channel) else ""}
+    if getattr(channel, "units", ""):
+        values["EGU"] = channel.units
+    if channel.data_type == ChannelType.CHAR:
+        values["FTVL"] = "CHAR"
+    if hasattr(channel, "upper_ctrl_limit"):
+        values.update(DRVH=channel.upper_ctrl_limit, DRVL=channel.lower_ctrl_limit)
+        values.update(HOPR=channel.upper_disp_limit, LOPR=channel.lower_disp_limit)
+    if channel.data_type == ChannelType.ENUM:
+        # caproto links most of these to enum_strings, but not mbbo's ZRST.
+        names = ("ZNAM", "ONAM") if "ZNAM" in fields else _STATE_STRING_FIELDS
+        values.update(zip(names, channel.enum_strings, strict=False))
+    for index, severity in (state_severities or {}).items():
+        values[_STATE_SEVERITY_FIELDS[index]] = _MENU_ALARM_SEVR[AlarmSeverity(severity)]
+    for name, value in values.items():
+        if name in fields:
+            preset_value(fields[name], value)
+    for field_channel in fields.values():
+        # A per-instance override: caproto asks the channel itself (server/common.py).
+        field_channel.check_access = _read_only
+        # caproto writes a field's getter result back through the field's putter on
+        # every read, and some putters write the record (reading AUTORESTART.ONST
+        # would put AUTORESTART). Fields are read-only: a putter that only keeps
+        # the value (None would drop the enum label verify_value makes).
+        field_channel.putter = _keep_value
+
+
+def records_of(channels: Iterable[ChannelData]) -> list[ChannelData]:
+    """The channels plus their record fields, each once (for access rules)."""
+    seen: dict[int, ChannelData] = {}
+    for channel in channels:
+        seen.setdefault(id(channel), channel)
+        for field_channel in getattr(channel, "fields", {}).values():
+            seen.setdefault(id(field_channel), field_channel)
+    return list(seen.values())
+
+
+# ---- logging ---------------------------------------------------------------
+
+_REJECTIONS = (ValueError, TypeError, Forbidden)
+
+
+class _OneLineRejections(logging.Filter):
+    """caproto logs a refused put with ``log.exception``: keep it to one line.
+
+    Only for the expected kinds of refusal (a bad value, a bad type, no write
+    access); anything else, a bug, keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, _REJECTIONS) and str(record.msg).startswith("Invalid write request"):
+            record.msg = f"{record.msg} rejected: %s"
+            # caproto's conversion errors carry their reason in __cause__ only.
+            reason = str(exc) or str(exc.__cause__ or "")
+            record.args = (*(record.args or ()), f"{type(exc).__name__}: {reason}")  # type: ignore[misc]
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_rejected_puts() -> None:
+    """Install the one-line filter on caproto's circuit logger (idempotent)."""
+    logger = logging.getLogger("caproto.circ")
+    if not any(isinstance(f, _OneLineRejections) for f in logger.filters):
+        logger.addFilter(_OneLineRejections())

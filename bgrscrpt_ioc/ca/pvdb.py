@@ -1,0 +1,55 @@
+"""The IOC's whole PV database: the IOC-wide group and one group per slot."""
+
+from __future__ import annotations
+
+from caproto import ChannelData
+
+from .channels import quiet_rejected_puts
+from .ioc_pvs import IocPVs
+from .slot_pvs import SlotController, SlotPVs, SlotView
+
+IOC_GROUP = "BGRSCRPT"
+"""The IOC-wide PVs live under ``f"{prefix}{IOC_GROUP}:"``."""
+
+
+def build_pvdb(
+    prefix: str, slots: list[tuple[str, SlotController, SlotView]]
+) -> tuple[dict[str, ChannelData], IocPVs, dict[str, SlotPVs]]:
+    """Create the PV groups for ``start_server``.
+
+    ``slots`` holds (slot name such as "BGRSCRPT_01", controller, initial view).
+    Returns the merged pvdb, the IOC-wide group and the slot groups by slot
+    name. Also keeps caproto's log of a refused put to one line.
+    """
+    quiet_rejected_puts()
+    ioc = IocPVs(f"{prefix}{IOC_GROUP}:")
+    groups = {
+        name: SlotPVs(f"{prefix}{name}:", controller, view) for name, controller, view in slots
+    }
+    pvdb: dict[str, ChannelData] = dict(ioc.pvdb)
+    for name, group in groups.items():
+        clash = pvdb.keys() & group.pvdb.keys()
+        if clash:
+            raise ValueError(f"slot {name}: PV names already in use: {sorted(clash)}")
+        pvdb.update(group.pvdb)
+    return pvdb, ioc, groups
+
+
+class _NoController:
+    """Stands in for the runner when only the names are wanted."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def restart(self) -> None: ...
+    def set_autorestart(self, mode: int) -> None: ...
+    def set_watchdog(self, seconds: float) -> None: ...
+
+
+def pv_names(prefix: str, slot_names: list[str]) -> list[str]:
+    """Every record name the IOC serves (no fields), for ``--list-pvs``.
+
+    Built from the same groups as the server, so the list cannot drift.
+    """
+    controller = _NoController()
+    pvdb, _, _ = build_pvdb(prefix, [(slot, controller, SlotView()) for slot in slot_names])
+    return list(pvdb)

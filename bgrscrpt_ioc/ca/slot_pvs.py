@@ -1,0 +1,321 @@
+"""The PVs of one slot, ``$(P)BGRSCRPT_NN:`` (SPEC.md's slot table).
+
+A translation layer only: puts become calls on a :class:`SlotController`, and
+:meth:`SlotPVs.publish` shows a :class:`SlotView`. Every decision belongs to the
+controller; this module only refuses what cannot be a valid put at all (an
+unknown enum label, a watchdog period that is not a number of seconds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol
+
+from caproto import AlarmSeverity, AlarmStatus, ChannelType, SubscriptionType
+from caproto.server import PVGroup, pvproperty
+
+from ..core.slot import AUTORESTART_LABELS, SlotState
+from .channels import (
+    CheckedDouble,
+    CheckedEnum,
+    PutRejected,
+    describe_record,
+    preset_alarm,
+    preset_value,
+)
+
+OFF_ON = ("Off", "On")
+NO_YES = ("No", "Yes")
+STATUS_LABELS = tuple(state.name for state in SlotState)
+STATUS_SEVERITY = {
+    SlotState.BACKOFF: AlarmSeverity.MINOR_ALARM,
+    SlotState.FATAL: AlarmSeverity.MAJOR_ALARM,
+}
+"""STATUS alarm severities; every other state is NO_ALARM."""
+
+WATCHDOG_MAX = 86400.0
+"""Longest watchdog period a put may set, in seconds (one day)."""
+
+TEXT_LIMITS = {"script": 1024, "msg": 1024, "log": 5120, "plot_url": 256}
+"""Bytes each char waveform holds (its NELM)."""
+
+
+@dataclass
+class SlotView:
+    """What one slot's PVs show; the runner builds it from the core."""
+
+    status: int = 0  # SlotState value
+    heartbeat: int = 0
+    pid: int = 0
+    start_cnt: int = 0
+    exit_code: int = 0
+    uptime: int = 0
+    registered: bool = False
+    autorestart: int = 1  # index into AUTORESTART_LABELS
+    watchdog: float = 0.0
+    script: str = ""
+    msg: str = ""
+    log: str = ""
+    plot_url: str = ""
+
+
+class SlotController(Protocol):
+    """What a slot's puts call; implemented by the runner.
+
+    Each method may raise ``ValueError(msg)`` to reject the put: the client then
+    gets an error and the PV keeps its value.
+    """
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def restart(self) -> None: ...
+    def set_autorestart(self, mode: int) -> None: ...
+    def set_watchdog(self, seconds: float) -> None: ...
+
+
+def char_waveform_text(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` as a char waveform value: UTF-8 bytes, at most ``limit`` of them.
+
+    caproto sends a ``str`` one latin-1 byte per character, so the UTF-8 bytes
+    are carried as latin-1 characters: clients decoding UTF-8 (EPICS 7, CS-Studio,
+    pyepics) see the text, and no character can make a read fail. A cut never
+    splits a character. ``keep_end`` keeps the last bytes (for LOG).
+    """
+    raw = text.encode("utf-8", "replace")
+    if len(raw) > limit:
+        raw = raw[-limit:] if keep_end else raw[:limit]
+        raw = raw.decode("utf-8", "ignore").encode("utf-8")
+    return raw.decode("latin-1")
+
+
+def _state_alarm(status: int) -> tuple[AlarmStatus, AlarmSeverity]:
+    severity = STATUS_SEVERITY.get(SlotState(status), AlarmSeverity.NO_ALARM)
+    if severity == AlarmSeverity.NO_ALARM:
+        return AlarmStatus.NO_ALARM, severity
+    return AlarmStatus.STATE, severity
+
+
+# Every PV gets its own alarm_group: caproto otherwise gives a whole PVGroup one alarm.
+
+
+def _command(name: str, doc: str) -> pvproperty:
+    return pvproperty(
+        name=name,
+        dtype=CheckedEnum,
+        enum_strings=OFF_ON,
+        value="Off",
+        record="bo",
+        doc=doc,
+        alarm_group=name,
+    )
+
+
+def _counter(name: str, doc: str, **kwargs: Any) -> pvproperty:
+    return pvproperty(
+        name=name,
+        dtype=int,
+        value=0,
+        read_only=True,
+        record="longin",
+        doc=doc,
+        alarm_group=name,
+        **kwargs,
+    )
+
+
+def _text(name: str, doc: str) -> pvproperty:
+    return pvproperty(
+        name=name,
+        dtype=str,
+        value="",
+        max_length=TEXT_LIMITS[name.lower()],
+        read_only=True,
+        record="waveform",
+        doc=doc,
+        alarm_group=name,
+    )
+
+
+class SlotPVs(PVGroup):
+    """PVs of one slot: commands and settings in, the slot's state out."""
+
+    start = _command("START", "Start the script")
+    stop = _command("STOP", "Stop the script")
+    restart = _command("RESTART", "Stop, then start the script")
+    status = pvproperty(
+        name="STATUS",
+        alarm_group="STATUS",
+        dtype=ChannelType.ENUM,
+        enum_strings=STATUS_LABELS,
+        value=STATUS_LABELS[0],
+        read_only=True,
+        record="mbbi",
+        doc="Supervision state of the script",
+    )
+    heartbeat = _counter("HEARTBEAT", "+1 per second while running and healthy")
+    pid = _counter("PID", "PID of the script, 0 when none")
+    start_cnt = _counter("START_CNT", "Starts since the IOC started")
+    exit_code = _counter("EXIT_CODE", "Last exit status, -N for signal N")
+    uptime = _counter("UPTIME", "Seconds since the current run started", units="s")
+    registered = pvproperty(
+        name="REGISTERED",
+        alarm_group="REGISTERED",
+        dtype=ChannelType.ENUM,
+        enum_strings=NO_YES,
+        value=NO_YES[0],
+        read_only=True,
+        record="bi",
+        doc="Script called register_ioc_start",
+    )
+    autorestart = pvproperty(
+        name="AUTORESTART",
+        alarm_group="AUTORESTART",
+        dtype=CheckedEnum,
+        enum_strings=AUTORESTART_LABELS,
+        value=AUTORESTART_LABELS[1],
+        record="mbbo",
+        doc="When to restart the script by itself",
+    )
+    watchdog = pvproperty(
+        name="WATCHDOG",
+        alarm_group="WATCHDOG",
+        dtype=CheckedDouble,
+        value=0.0,
+        record="ao",
+        doc="Kill if no beat for this long, 0=off",
+        units="s",
+        precision=1,
+        lower_ctrl_limit=0.0,
+        upper_ctrl_limit=WATCHDOG_MAX,
+        lower_disp_limit=0.0,
+        upper_disp_limit=WATCHDOG_MAX,
+    )
+    script = _text("SCRIPT", "Absolute path of the script")
+    msg = _text("MSG", "Last event in words")
+    # Not "log": PVGroup.log is the group's logger.
+    script_log = _text("LOG", "Last 20 lines of the script output")
+    plot_url = _text("PLOT_URL", "URL of the live plot, empty if none")
+
+    def __init__(self, prefix: str, controller: SlotController, view: SlotView):
+        self.controller = controller
+        super().__init__(prefix)
+        # SlotView's field names are the PV names in lower case.
+        self._channels = {
+            f.name: self.pvdb[f"{self.prefix}{f.name.upper()}"] for f in fields(SlotView)
+        }
+        for channel in self.pvdb.values():
+            describe_record(
+                channel, STATUS_SEVERITY if channel is self._channels["status"] else None
+            )
+        for name, value in self._encode(view).items():
+            preset_value(self._channels[name], value)
+        preset_alarm(self._channels["status"], *_state_alarm(view.status))
+        self._shown = replace(view)
+
+    # ---- puts --------------------------------------------------------------
+
+    @start.putter
+    async def start(self, instance: Any, value: str) -> str:
+        return _run_command(value, self.controller.start)
+
+    @stop.putter
+    async def stop(self, instance: Any, value: str) -> str:
+        return _run_command(value, self.controller.stop)
+
+    @restart.putter
+    async def restart(self, instance: Any, value: str) -> str:
+        return _run_command(value, self.controller.restart)
+
+    @autorestart.putter
+    async def autorestart(self, instance: Any, value: str) -> str:
+        mode = AUTORESTART_LABELS.index(value)  # CheckedEnum passes only known labels
+        self.controller.set_autorestart(mode)
+        self._shown.autorestart = mode
+        return value
+
+    @watchdog.putter
+    async def watchdog(self, instance: Any, value: Any) -> float:
+        seconds = _watchdog_seconds(value)
+        self.controller.set_watchdog(seconds)
+        self._shown.watchdog = seconds
+        return seconds
+
+    # ---- state out ---------------------------------------------------------
+
+    async def publish(self, view: SlotView) -> None:
+        """Show ``view``: write only the fields that differ from what is shown.
+
+        A PV's value is what was last published, or put and accepted since.
+        Raises ValueError for a ``status`` or ``autorestart`` outside its enum.
+        """
+        changed = {
+            f.name
+            for f in fields(SlotView)
+            if getattr(view, f.name) != getattr(self._shown, f.name)
+        }
+        if not changed:
+            return
+        for name, value in self._encode(view, only=changed).items():
+            channel = self._channels[name]
+            if name == "status":
+                status, severity = _state_alarm(view.status)
+                if (status, severity) != (channel.alarm.status, channel.alarm.severity):
+                    # One event carrying value and alarm; DBE_ALARM so alarm-only
+                    # subscribers (alarm servers) hear it too.
+                    await channel.write(
+                        value,
+                        verify_value=False,
+                        flags=SubscriptionType.DBE_ALARM,
+                        status=status,
+                        severity=severity,
+                    )
+                    continue
+            # verify_value=False: publishing must not run the putters.
+            await channel.write(value, verify_value=False)
+        self._shown = replace(view)
+
+    @staticmethod
+    def _encode(view: SlotView, only: set[str] | None = None) -> dict[str, Any]:
+        """PV values for the SlotView fields ``only`` (all when None), by field name."""
+        want = (lambda name: True) if only is None else only.__contains__
+        out: dict[str, Any] = {}
+        if want("status"):
+            out["status"] = _label(STATUS_LABELS, view.status, "status")
+        for name in ("heartbeat", "pid", "start_cnt", "exit_code", "uptime"):
+            if want(name):
+                out[name] = int(getattr(view, name))
+        if want("registered"):
+            out["registered"] = NO_YES[bool(view.registered)]
+        if want("autorestart"):
+            out["autorestart"] = _label(AUTORESTART_LABELS, view.autorestart, "autorestart")
+        if want("watchdog"):
+            out["watchdog"] = float(view.watchdog)
+        for name, limit in TEXT_LIMITS.items():
+            if want(name):
+                out[name] = char_waveform_text(getattr(view, name), limit, keep_end=name == "log")
+        return out
+
+
+def _label(labels: tuple[str, ...], index: int, what: str) -> str:
+    if not 0 <= int(index) < len(labels):
+        raise ValueError(f"{what} {index} is outside 0..{len(labels) - 1}")
+    return labels[int(index)]
+
+
+def _run_command(value: str, action: Callable[[], None]) -> str:
+    """A bo command: "On" runs it, "Off" does nothing; either way it reads back Off."""
+    if value == "On":
+        action()  # a ValueError rejects the put
+    return "Off"
+
+
+def _watchdog_seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise PutRejected(f"watchdog must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(seconds) or not 0.0 <= seconds <= WATCHDOG_MAX:
+        raise PutRejected(f"watchdog must be 0 (off) to {WATCHDOG_MAX:g} s, not {seconds!r}")
+    return seconds

@@ -1,0 +1,51 @@
+"""The environment a script runs in (SPEC.md, "What a script sees")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def kit_root() -> Path:
+    """The installed kit directory: ``KIT_ROOT`` for scripts (holds ISIS/inst_servers/master)."""
+    return Path(__file__).resolve().parent.parent / "kit"
+
+
+def script_environment(
+    base: Mapping[str, str],
+    *,
+    slot: str,
+    config_dir: Path,
+    var_dir: Path,
+    kit_root: Path,
+    notify_socket: str,
+    prefix: str,
+    macros: dict | None = None,
+) -> dict[str, str]:
+    """``base`` (the IOC's environment) plus what a script of ``slot`` is promised.
+
+    ``ICPVARDIR`` is kept when set, else ``var_dir``; ``MACROS`` (JSON) is set only
+    when ``macros`` is given. Channel Access stays on loopback unless ``base``
+    chose its own ``EPICS_CA_ADDR_LIST``, in which case ``EPICS_CA_*`` pass
+    through unchanged.
+    """
+    env = dict(base)
+    env.update(
+        MYPVPREFIX=prefix,
+        KIT_ROOT=str(kit_root),
+        EPICS_KIT_ROOT=str(kit_root),
+        ICPINSTSCRIPTROOT=str(config_dir),
+        PYTHONUNBUFFERED="1",
+        BGRSCRPT_IOC_NAME=slot,
+        NOTIFY_SOCKET=notify_socket,
+    )
+    if not env.get("ICPVARDIR"):
+        env["ICPVARDIR"] = str(var_dir)
+    if macros is not None:
+        env["MACROS"] = json.dumps(macros)
+    if "EPICS_CA_ADDR_LIST" not in base:
+        # As the IOC serves on 127.0.0.1: no broadcasts leave the machine.
+        env["EPICS_CA_ADDR_LIST"] = "127.0.0.1"
+        env["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
+    return env

@@ -1,0 +1,156 @@
+"""Start the real IOC as a subprocess and drive it through pyepics (libca)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import epics
+
+STARTUP_TIMEOUT = 20.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+
+
+class Ioc:
+    """One bgrscrpt_ioc process serving ``prefix`` on its own CA port."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        port: int,
+        config_dir: Path,
+        var_dir: Path,
+        slots: int = 2,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.prefix = prefix
+        self.port = port
+        self.config_dir = config_dir
+        self.var_dir = var_dir
+        self.slots = slots
+        self.args = args or []
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = var_dir.parent / f"ioc-{port}-{int(time.time() * 1000)}.out"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bgrscrpt_ioc",
+            "--prefix",
+            self.prefix,
+            "--config-dir",
+            str(self.config_dir),
+            "--var-dir",
+            str(self.var_dir),
+            "--slots",
+            str(self.slots),
+            *self.args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["EPICS_CA_SERVER_PORT"] = str(self.port)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, wait: bool = True) -> Ioc:
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        self._out = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"IOC exited with {self.proc.returncode}:\n{self.output()}")
+            return self.get("BGRSCRPT:VERSION", timeout=0.5) is not None
+
+        wait_for(up, STARTUP_TIMEOUT, "the IOC to serve its PVs")
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def pv(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}"
+
+    def get(self, suffix: str, timeout: float = 2.0, **kw: Any) -> Any:
+        return epics.caget(self.pv(suffix), timeout=timeout, **kw)
+
+    def put(self, suffix: str, value: Any, wait: bool = True, timeout: float = 5.0) -> Any:
+        return epics.caput(self.pv(suffix), value, wait=wait, timeout=timeout)
+
+    def status(self, slot: str = "BGRSCRPT_01") -> str | None:
+        return self.get(f"{slot}:STATUS", as_string=True)
+
+    def wait_status(self, state: str, slot: str = "BGRSCRPT_01", timeout: float = 15.0) -> None:
+        wait_for(
+            lambda: self.status(slot) == state,
+            timeout,
+            f"{slot}:STATUS == {state} (MSG: {self.get(f'{slot}:MSG', as_string=True)!r})",
+        )
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait for a clean exit; SIGKILL only if that fails (and say so)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("IOC did not exit on SIGTERM") from None
+        self._out.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self._out.close()
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
