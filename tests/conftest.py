@@ -9,6 +9,7 @@ test uses a fresh PV prefix, so servers never answer for each other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -109,10 +110,8 @@ def test_tag(monkeypatch) -> str:
             break
         time.sleep(0.05)
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     assert not left, f"processes left behind: {left}"
 
 

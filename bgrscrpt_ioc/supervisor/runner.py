@@ -125,9 +125,8 @@ class SlotRunner:
 
     async def shutdown(self) -> None:
         """Stop the script's group (SIGTERM, SIGKILL after the stop timeout) and wait for it."""
-        if self.core.state in (SlotState.STARTING, SlotState.RUNNING, SlotState.STOPPING):
-            self.stop()
-        elif self.core.state is SlotState.BACKOFF:
+        active = (SlotState.STARTING, SlotState.RUNNING, SlotState.STOPPING, SlotState.BACKOFF)
+        if self.core.state in active:
             self.stop()
         assert self._exited is not None
         await self._exited.wait()
@@ -199,10 +198,9 @@ class SlotRunner:
             elif isinstance(action, Kill):
                 if self.process is not None:
                     self.process.kill_group(action.signum)
-            elif isinstance(action, RunEnded):
-                if self._run_id:
-                    self.db.run_ended(self._run_id, action.exit_code, action.cause)
-                    self._run_id = 0
+            elif isinstance(action, RunEnded) and self._run_id:
+                self.db.run_ended(self._run_id, action.exit_code, action.cause)
+                self._run_id = 0
         self._changed()
 
     def _changed(self) -> None:
