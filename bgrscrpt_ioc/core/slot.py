@@ -320,7 +320,7 @@ class Slot:
         """RUNNING, and beating if the watchdog is on: HEARTBEAT counts only then."""
         if self.state is not SlotState.RUNNING:
             return False
-        return self.watchdog <= 0 or now - self.last_beat <= self.watchdog
+        return self.watchdog <= 0 or now < self.last_beat + self.watchdog
 
     def uptime(self, now: float) -> int:
         return 0 if self.run_started is None else int(now - self.run_started)

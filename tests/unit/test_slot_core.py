@@ -1227,12 +1227,13 @@ def test_uptime_counts_whole_seconds_of_the_current_run() -> None:
 def test_healthy_follows_the_watchdog() -> None:
     slot = new_slot(watchdog=5.0)
     launch_running(slot)
-    assert slot.healthy(T0 + 5) is True
-    assert slot.healthy(T0 + 5.01) is False
+    assert slot.healthy(T0 + 4.99) is True
+    # At the deadline the watchdog fires, so the slot is no longer healthy.
+    assert slot.healthy(T0 + 5) is False
     slot.notified({"WATCHDOG": "1"}, T0 + 5.5)
     assert slot.healthy(T0 + 5.5) is True
-    assert slot.healthy(T0 + 10.5) is True
-    assert slot.healthy(T0 + 10.51) is False
+    assert slot.healthy(T0 + 10.49) is True
+    assert slot.healthy(T0 + 10.5) is False
 
 
 # ---------------------------------------------------------------------------
