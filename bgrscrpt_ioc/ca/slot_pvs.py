@@ -257,7 +257,10 @@ class SlotPVs(PVGroup):
         }
         if not changed:
             return
-        for name, value in self._encode(view, only=changed).items():
+        # STATUS goes last: a client that reacts to a new state finds MSG, PID and
+        # EXIT_CODE already telling the same story.
+        encoded = sorted(self._encode(view, only=changed).items(), key=lambda kv: kv[0] == "status")
+        for name, value in encoded:
             channel = self._channels[name]
             if name == "status":
                 status, severity = _state_alarm(view.status)

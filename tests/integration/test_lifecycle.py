@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.integration.conftest import write_script
+from tests.integration.conftest import FAST_SETTINGS, write_script
 from tests.integration.harness import process_gone, wait_for
 
 IBEX_SCRIPT = """
@@ -43,7 +43,12 @@ def test_ibex_script_runs_registers_and_stops(make_ioc, config_dir):
 
 def test_failing_script_backs_off_then_goes_fatal(make_ioc, config_dir):
     write_script(config_dir, "background_script.py", "import time\ntime.sleep(0.7)\n1/0\n")
-    ioc = make_ioc().start()
+    # A back-off long enough that MSG cannot move on before it is read.
+    ioc = make_ioc(
+        FAST_SETTINGS.replace("backoff_initial = 0.2", "backoff_initial = 2.0").replace(
+            "backoff_max = 1.0", "backoff_max = 4.0"
+        )
+    ).start()
     ioc.wait_status("BACKOFF", timeout=10)
     assert "ZeroDivisionError" in ioc.get("BGRSCRPT_01:MSG", as_string=True)
     ioc.wait_status("FATAL", timeout=20)
