@@ -1,0 +1,85 @@
+"""``python -m bench [--only NAME ...] [--output FILE]``: run the figures, write BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+from .common import REPO, fresh_prefix, kill_leftovers, setup_ca_environment
+
+FIGURES = ("start_latency", "ca_roundtrip", "load", "footprint")
+PORTS = 6  # one per server: 1 + 2 + 1 + 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=FIGURES, help="run only these figures")
+    parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    figures = args.only or list(FIGURES)
+
+    # Before anything imports epics: libca reads the address list once.
+    pool = setup_ca_environment(PORTS)
+    # pyepics warns on every caget that times out while a server is starting up.
+    warnings.filterwarnings("ignore", message=r"ca\.get.*timed out")
+
+    from . import ca_roundtrip, footprint, load, report, start_latency
+    from .common import machine_info
+
+    started = datetime.now().astimezone()
+    t_start = time.monotonic()
+    info = machine_info()
+    results: dict[str, dict] = {}
+    runners = {
+        "start_latency": lambda d: start_latency.run(d, pool.take(), fresh_prefix("S")),
+        "ca_roundtrip": lambda d: ca_roundtrip.run(
+            d, pool.take(), pool.take(), fresh_prefix("R"), fresh_prefix("RB")
+        ),
+        "load": lambda d: load.run(d, pool.take(), fresh_prefix("L")),
+        "footprint": lambda d: footprint.run(
+            d, pool.take(), pool.take(), fresh_prefix("F"), fresh_prefix("FB")
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="bgrscrpt-bench-") as tmp:
+        for name in figures:
+            t0 = time.monotonic()
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            try:
+                results[name] = runners[name](workdir)
+            except Exception:
+                results[name] = {"error": traceback.format_exc()}
+            results[name]["elapsed_s"] = time.monotonic() - t0
+            verdict = (
+                "error"
+                if "error" in results[name]
+                else ("goal met" if results[name].get("met") else "goal NOT met")
+            )
+            print(
+                f"bench: {name}: {verdict} ({results[name]['elapsed_s']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        leftovers = kill_leftovers()
+    table = report.write(
+        args.output,
+        info=info,
+        results=results,
+        leftovers=leftovers,
+        started=started.isoformat(timespec="seconds"),
+        duration_s=time.monotonic() - t_start,
+    )
+    print(table)
+    print(f"wrote {args.output}")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
