@@ -221,6 +221,8 @@ class Slot:
             cause, then = self._stop_cause, self._then
             self._then, self._kill_at = "", None
             if then == "start":
+                # Says how the run ended, until the new one is spawned (the log's exit line).
+                self.message = f"stopped ({what}); starting again"
                 actions.append(RunEnded(cause, returncode))
                 self._starts.clear()
                 actions += self._spawn(now, manual=True)

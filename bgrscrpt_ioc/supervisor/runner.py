@@ -271,9 +271,12 @@ class SlotRunner:
             self.guardian.remove(process.pid)
             process.close()
         summary = self.output.exception_summary
-        self._apply(self.core.exited(returncode, time.monotonic(), summary))
+        actions = self.core.exited(returncode, time.monotonic(), summary)
+        # The exit line before the actions: they may spawn the next run (RESTART, or a
+        # START queued during STOPPING), whose own start line must come after it.
         self.output.mark(f"--- {wall_now()} {self.name}: {self.core.message} ---")
         log.info("%s: %s", self.name, self.core.message)
+        self._apply(actions)
         if self.process is None and self._exited is not None:
             self._exited.set()
 

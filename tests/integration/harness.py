@@ -106,6 +106,8 @@ class Ioc:
         return f"{self.prefix}{suffix}"
 
     def get(self, suffix: str, timeout: float = 2.0, **kw: Any) -> Any:
+        """A fresh read from the IOC (not pyepics' cached monitor value)."""
+        kw.setdefault("use_monitor", False)
         return epics.caget(self.pv(suffix), timeout=timeout, **kw)
 
     def put(self, suffix: str, value: Any, wait: bool = True, timeout: float = 5.0) -> Any:
@@ -129,15 +131,17 @@ class Ioc:
         """SIGTERM, wait for a clean exit; SIGKILL only if that fails (and say so)."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("IOC did not exit on SIGTERM") from None
-        self._out.close()
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise AssertionError("IOC did not exit on SIGTERM") from None
+        finally:
+            self._out.close()
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -317,6 +317,8 @@ def test_restart_stops_then_starts(state: SlotState) -> None:
     assert (slot.state, slot.message) == (S.STOPPING, "restarting")
     assert slot.exited(-15, T0 + 0.6) == [RunEnded(Cause.STOP, -15), Spawn()]
     assert slot.state is S.STARTING
+    # Until the spawn is confirmed, MSG (and the log's exit line) says how the run ended.
+    assert slot.message == "stopped (killed by SIGTERM); starting again"
     assert slot.start_count == 2
     assert slot.spawned(PID + 1, T0 + 0.6) == []
     assert slot.pid == PID + 1
