@@ -8,7 +8,6 @@ script can outlive us), then serve PVs and start the scripts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from caproto.asyncio.server import start_server
 
+from bgrscrpt_ioc.ca import caproto_fixes
 from bgrscrpt_ioc.ca.access import apply_access
 from bgrscrpt_ioc.ca.pvdb import build_pvdb
 from bgrscrpt_ioc.settings import Settings
@@ -31,6 +31,46 @@ log = logging.getLogger("bgrscrpt_ioc")
 # PV updates go out at most this often: bounds CPU under an output flood and
 # avoids caproto 1.3.0's "deque mutated during iteration" under subscriber churn.
 PUBLISH_INTERVAL = 0.05
+
+
+class _OneLineBeaconFailures(logging.Filter):
+    """caproto logs every beacon it fails to send with a traceback.
+
+    A beacon to an address where no CA repeater listens is refused (ICMP port
+    unreachable), every few seconds for the life of the IOC. Say so once per
+    address and reason, in one line, and keep the log readable.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Failed to send beacon"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        args = record.args if isinstance(record.args, tuple) else ()
+        address = args[0] if args else "?"
+        if isinstance(address, tuple) and len(address) == 2:
+            address = f"{address[0]}:{address[1]}"
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+        key = (str(address), type(exc).__name__)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        record.msg = "cannot send beacons to %s (%s); no CA repeater there? Not repeated"
+        record.args = (address, reason)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def quiet_beacon_failures() -> None:
+    """Install the one-line beacon filter on caproto's server logger (idempotent)."""
+    logger = logging.getLogger("caproto.ctx")
+    if not any(isinstance(f, _OneLineBeaconFailures) for f in logger.filters):
+        logger.addFilter(_OneLineBeaconFailures())
 
 
 @dataclass(frozen=True)
@@ -66,7 +106,10 @@ class Publisher:
                     await self.slot_groups[runner.name].publish(runner.view(now))
                 except Exception:  # a publication problem must never stop the IOC
                     log.exception("publishing %s failed", runner.name)
-            await self.ioc_group.publish(self.heartbeat, int(now - self.started))
+            try:
+                await self.ioc_group.publish(self.heartbeat, int(now - self.started))
+            except Exception:  # nor here: the task would end and every PV freeze
+                log.exception("publishing the IOC's PVs failed")
             await asyncio.sleep(PUBLISH_INTERVAL)
 
     async def tick(self) -> None:
@@ -85,6 +128,29 @@ class Publisher:
             if next_beat < now:  # the loop was blocked: resynchronise, do not burst
                 next_beat = now + 1.0
             self.changed()
+
+
+async def end_tasks(tasks: list[asyncio.Task], timeout: float = 5.0) -> None:
+    """Cancel ``tasks`` and wait until they have ended, cancelling again as needed.
+
+    A cancellation can be lost: Python 3.11's ``asyncio.wait_for`` swallows one
+    that arrives just as its inner wait completes. A caproto circuit's
+    subscription task then waits for updates that never come, and the IOC would
+    never exit on SIGTERM.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = [task for task in tasks if not task.done()]
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+        pending = [task for task in pending if not task.done()]
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: how a task ended is no news at shutdown
+    if pending:
+        log.warning("%d task(s) did not end when cancelled: %s", len(pending), pending)
 
 
 def _clean_leftovers(db: StateDB) -> None:
@@ -146,6 +212,8 @@ async def run_ioc(options: IocOptions) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop_requested.set)
 
+        quiet_beacon_failures()
+        caproto_fixes.install()
         server = asyncio.create_task(start_server(pvdb, interfaces=options.interfaces))
         tasks += [
             server,
@@ -180,11 +248,10 @@ async def run_ioc(options: IocOptions) -> int:
             loop.remove_signal_handler(signum)
         # Scripts first: nothing may outlive the IOC.
         await asyncio.gather(*(r.shutdown() for r in runners), return_exceptions=True)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await end_tasks(tasks)
+        # Then whatever the server left (its circuits' tasks): asyncio.run would
+        # cancel those only once and wait for ever.
+        await end_tasks([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
         guardian.close()
         db.close()
         lock.release()

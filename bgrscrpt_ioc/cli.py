@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config-dir",
         type=Path,
-        default=Path(env.get("ICPINSTSCRIPTROOT") or "."),
+        default=None,
         help="directory holding the scripts (default: $ICPINSTSCRIPTROOT, else .)",
     )
     p.add_argument(
@@ -94,11 +94,11 @@ def _ca_environment(loopback_only: bool) -> None:
     """Port and beacon settings, before caproto reads the environment."""
     env = os.environ
     # An EPICS base IOC takes EPICS_CAS_SERVER_PORT first; caproto ignores it.
-    if env.get("EPICS_CAS_SERVER_PORT"):
-        env["EPICS_CA_SERVER_PORT"] = env["EPICS_CAS_SERVER_PORT"]
-    port = env.get("EPICS_CA_SERVER_PORT", "5064")
+    name = "EPICS_CAS_SERVER_PORT" if env.get("EPICS_CAS_SERVER_PORT") else "EPICS_CA_SERVER_PORT"
+    port = env.get(name, "5064")
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"EPICS_CA_SERVER_PORT={port!r} is not a port number")
+        raise UsageError(f"{name}={port!r} is not a port number")
+    env["EPICS_CA_SERVER_PORT"] = port
     # As IBEX's runIOC does: a loopback-only IOC announces itself on loopback only.
     if loopback_only and "EPICS_CAS_BEACON_ADDR_LIST" not in env:
         env["EPICS_CAS_BEACON_ADDR_LIST"] = "127.255.255.255"
@@ -125,12 +125,24 @@ def main(argv: list[str] | None = None) -> int:
             names = [slot_name(i) for i in range(1, args.slots + 1)]
             print("\n".join(pv_names(args.prefix, names)))
             return 0
-        config_dir = args.config_dir.absolute()
+        if args.config_dir is not None:
+            config_dir, source = args.config_dir, "--config-dir"
+        elif os.environ.get("ICPINSTSCRIPTROOT"):
+            config_dir, source = Path(os.environ["ICPINSTSCRIPTROOT"]), "$ICPINSTSCRIPTROOT"
+        else:
+            config_dir, source = Path("."), "the current directory"
+        config_dir = config_dir.absolute()
         if not config_dir.is_dir():
-            raise UsageError(f"--config-dir: no directory at {config_dir}")
+            raise UsageError(f"config dir ({source}): no directory at {config_dir}")
+        args.config_dir = config_dir
         settings = load_settings(_settings_path(args), config_dir=config_dir, slot_count=args.slots)
         loopback_only = _check_interfaces(args.interfaces)
         _ca_environment(loopback_only)
+        var_dir = args.var_dir.absolute()
+        try:
+            var_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--var-dir: cannot use {var_dir}: {exc.strerror or exc}") from None
     except (UsageError, SettingsError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     options = IocOptions(
         prefix=args.prefix,
         config_dir=config_dir,
-        var_dir=args.var_dir.absolute(),
+        var_dir=var_dir,
         settings=settings,
         interfaces=args.interfaces,
     )

@@ -104,6 +104,10 @@ class _Validator:
         header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
         key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
         dotted = f"{table}.{key}" if table else key
+        # Fallback: the key in a dotted key (supervisor.startsecs = …) or an
+        # inline table (BGRSCRPT_01 = { startsecs = … }) under an enclosing table.
+        loose_re = re.compile(rf"(?:^|[\s{{,.])[\"']?{re.escape(key)}[\"']?\s*=")
+        loose = 0
         current = ""
         for number, line in enumerate(self.lines, 1):
             match = header.match(line)
@@ -113,7 +117,13 @@ class _Validator:
                     return number
             elif current == table and key_re.match(line):
                 return number
-        return 0
+            elif (
+                not loose
+                and (not current or f"{table}.".startswith(f"{current}."))
+                and loose_re.search(line.split("#", 1)[0])
+            ):
+                loose = number
+        return loose
 
     def settings(self, data: dict[str, Any], config_dir: Path, slot_count: int) -> Settings:
         for key in data:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -86,9 +87,32 @@ class CheckedEnum(_VerifyBeforeWrite, PvpropertyEnum):
     async def verify_value(self, value: Any) -> Any:
         return await super().verify_value(enum_label(tuple(self.enum_strings), value))
 
+    async def write_from_dbr(self, data: Any, data_type: Any, metadata: Any, **kwargs: Any) -> Any:
+        # As an EPICS record: a string that is no state name but a whole number
+        # is a state index ("1" puts On); caproto knows only the names.
+        if data_type == ChannelType.STRING and len(data) == 1:
+            text = _text_of(data[0])
+            labels = tuple(self.enum_strings)
+            if text not in labels and re.fullmatch(r"\s*[0-9]+\s*", text):
+                data = [enum_label(labels, int(text)).encode(self.string_encoding or "latin-1")]
+        return await super().write_from_dbr(data, data_type, metadata, **kwargs)
+
 
 class CheckedDouble(_VerifyBeforeWrite, PvpropertyDouble):
-    """A writable DOUBLE whose control limits reject (not clamp) a put outside them."""
+    """A writable DOUBLE whose control limits reject (not clamp) a put outside them.
+
+    An empty string is refused too (caproto would read it as 0).
+    """
+
+    async def write_from_dbr(self, data: Any, data_type: Any, metadata: Any, **kwargs: Any) -> Any:
+        if data_type == ChannelType.STRING and any(not _text_of(v).strip() for v in data):
+            raise PutRejected("an empty string is not a number")
+        return await super().write_from_dbr(data, data_type, metadata, **kwargs)
+
+
+def _text_of(value: Any) -> str:
+    """A DBR_STRING element as text."""
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def _read_only(hostname: str, username: str) -> AccessRights:

@@ -1,0 +1,53 @@
+"""A fix for caproto 1.3's asyncio server, applied when the IOC starts.
+
+When a client vanishes (TCP reset) while the server streams updates to it,
+several tasks of its circuit notice: the subscription task (its send fails),
+the command task and the TCP handler (their send or receive fails). Each runs
+``VirtualCircuit._on_disconnect``, which cancels the subscription task and
+awaits it. Run by the subscription task itself, that cancels and awaits
+*itself*; a handler awaiting it at the same time fails with "RuntimeError:
+await wasn't used with future" and dies before ``circuit_disconnected``: two
+tracebacks in the log, and the circuit is never removed from the server.
+
+A cancellation can also be lost: Python 3.11's ``asyncio.wait_for`` swallows
+one that arrives just as its inner wait completes, which is common while
+updates stream. The subscription task then waits for updates that never come,
+and whatever awaits it waits for ever (a churn of 500 clients lost the first
+cancellation of most of their circuits).
+
+The replacement does what the original means: disconnect the subscriptions
+once, close the socket, and stop the subscription task unless it is the task
+running this (it ends by itself right after), repeating the cancellation until
+the task has ended and without taking on its exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from caproto.asyncio import server as _asyncio_server
+from caproto.server.common import VirtualCircuit as _CommonCircuit
+
+_CANCEL_ATTEMPTS = 50
+_CANCEL_WAIT = 0.1  # seconds between attempts
+
+
+async def _on_disconnect(self) -> None:  # type: ignore[no-untyped-def]
+    await _CommonCircuit._on_disconnect(self)
+    self.client.close()
+    task = self._sub_task
+    if task is None or task is asyncio.current_task():
+        return
+    for _ in range(_CANCEL_ATTEMPTS):
+        task.cancel()
+        # asyncio.wait neither raises the task's own exception nor hides our cancellation.
+        await asyncio.wait({task}, timeout=_CANCEL_WAIT)
+        if task.done():
+            break
+    if self._sub_task is task:
+        self._sub_task = None
+
+
+def install() -> None:
+    """Replace caproto's asyncio ``VirtualCircuit._on_disconnect`` (idempotent)."""
+    _asyncio_server.VirtualCircuit._on_disconnect = _on_disconnect  # type: ignore[method-assign]
