@@ -31,6 +31,9 @@ log = logging.getLogger("bgrscrpt_ioc")
 # PV updates go out at most this often: bounds CPU under an output flood and
 # avoids caproto 1.3.0's "deque mutated during iteration" under subscriber churn.
 PUBLISH_INTERVAL = 0.05
+# LOG is the one PV that can change on every publication (a script printing
+# non-stop); at 4 Hz it stays live for people and cheap for 50 subscribers.
+LOG_INTERVAL = 0.25
 
 
 class _OneLineBeaconFailures(logging.Filter):
@@ -92,9 +95,20 @@ class Publisher:
         self.started = started
         self.heartbeat = 0
         self._dirty = asyncio.Event()
+        self._log_shown: dict[str, tuple[str, float]] = {}
 
     def changed(self) -> None:
         self._dirty.set()
+
+    def _log_due(self, slot: str, text: str, now: float) -> bool:
+        """LOG changes with every line a script prints: show it at most every LOG_INTERVAL."""
+        shown, when = self._log_shown.get(slot, ("", -LOG_INTERVAL))
+        if text == shown:
+            return True
+        if now - when < LOG_INTERVAL:
+            return False
+        self._log_shown[slot] = (text, now)
+        return True
 
     async def run(self) -> None:
         while True:
@@ -102,8 +116,12 @@ class Publisher:
             self._dirty.clear()
             now = time.monotonic()
             for runner in self.runners:
+                view = runner.view(now)
+                if not self._log_due(runner.name, view.log, now):
+                    view.log = self._log_shown[runner.name][0]
+                    self._dirty.set()  # publish it on a later round
                 try:
-                    await self.slot_groups[runner.name].publish(runner.view(now))
+                    await self.slot_groups[runner.name].publish(view)
                 except Exception:  # a publication problem must never stop the IOC
                     log.exception("publishing %s failed", runner.name)
             try:

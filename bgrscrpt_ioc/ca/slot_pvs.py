@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-from caproto import AlarmSeverity, AlarmStatus, ChannelType, SubscriptionType
+from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite, SubscriptionType
 from caproto.server import PVGroup, pvproperty
 
 from ..core.slot import AUTORESTART_LABELS, SlotState
@@ -307,11 +307,15 @@ def _label(labels: tuple[str, ...], index: int, what: str) -> str:
     return labels[int(index)]
 
 
-def _run_command(value: str, action: Callable[[], None]) -> str:
-    """A bo command: "On" runs it, "Off" does nothing; either way it reads back Off."""
+def _run_command(value: str, action: Callable[[], None]) -> NoReturn:
+    """A bo command: "On" runs it, "Off" does nothing; either way it reads back Off.
+
+    The value never leaves Off, so the write is skipped: like an EPICS bo, which
+    posts only on change, it sends no monitor update to every subscriber.
+    """
     if value == "On":
         action()  # a ValueError rejects the put
-    return "Off"
+    raise SkipWrite()
 
 
 def _watchdog_seconds(value: Any) -> float:
