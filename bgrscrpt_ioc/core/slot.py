@@ -161,12 +161,7 @@ class Slot:
         """RESTART: stop if running, then start."""
         if self.state in (SlotState.STARTING, SlotState.RUNNING):
             return self._begin_stop(now, Cause.STOP, then="start", why="restarting")
-        if self.state is SlotState.STOPPING:
-            self._then = "start"
-            self.message = "will start once stopped"
-            return []
-        self._starts.clear()
-        return self._spawn(now, manual=True)
+        return self.start(now)  # not running: RESTART is START
 
     def set_autorestart(self, mode: AutoRestart) -> None:
         self.autorestart = AutoRestart(mode)
