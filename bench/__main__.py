@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 import time
@@ -13,8 +14,14 @@ from pathlib import Path
 
 from .common import REPO, fresh_prefix, kill_leftovers, setup_ca_environment
 
-FIGURES = ("start_latency", "ca_roundtrip", "load", "footprint")
-PORTS = 6  # one per server: 1 + 2 + 1 + 2
+CORE_FIGURES = ("start_latency", "ca_roundtrip", "load", "footprint")
+CORE_PORTS = 6  # one per server: 1 + 2 + 1 + 2
+# Figures of later parts of the IOC, each a module ``bench.<name>`` with NAME,
+# PORTS, run(workdir, pool) -> dict, summary_rows(result) and section(result).
+PLUGINS: tuple[str, ...] = ()
+# Ports are reserved before any module imports epics, so each plugin gets a budget.
+PLUGIN_PORTS = 48
+FIGURES = CORE_FIGURES + PLUGINS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = args.only or list(FIGURES)
 
     # Before anything imports epics: libca reads the address list once.
-    pool = setup_ca_environment(PORTS)
+    pool = setup_ca_environment(CORE_PORTS + PLUGIN_PORTS * len(PLUGINS))
     # pyepics warns on every caget that times out while a server is starting up.
     warnings.filterwarnings("ignore", message=r"ca\.get.*timed out")
 
@@ -46,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             d, pool.take(), pool.take(), fresh_prefix("F"), fresh_prefix("FB")
         ),
     }
+    plugins = {name: importlib.import_module(f"bench.{name}") for name in PLUGINS}
+    for name, module in plugins.items():
+        if module.PORTS > PLUGIN_PORTS:
+            raise SystemExit(f"bench.{name} needs {module.PORTS} ports; raise PLUGIN_PORTS")
+        runners[name] = lambda d, module=module: module.run(d, pool)
     with tempfile.TemporaryDirectory(prefix="bgrscrpt-bench-") as tmp:
         for name in figures:
             t0 = time.monotonic()
@@ -73,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         info=info,
         results=results,
         leftovers=leftovers,
+        plugins=plugins,
         started=started.isoformat(timespec="seconds"),
         duration_s=time.monotonic() - t_start,
     )

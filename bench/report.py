@@ -435,9 +435,19 @@ def write(
     results: dict[str, dict],
     leftovers: list,
     started: str,
+    plugins: dict[str, Any] | None = None,
     duration_s: float,
 ) -> str:
+    plugins = plugins or {}
     rows = summary_rows(results)
+    for name, module in plugins.items():
+        r = results.get(name)
+        if r is None:
+            continue
+        if "error" in r:
+            rows.append([name, "error", "", "", "", _yes(None)])
+        else:
+            rows += module.summary_rows(r)
     lines = [
         "# BENCHMARKS",
         "",
@@ -479,6 +489,10 @@ def write(
     for name, section in sections.items():
         if name in results:
             lines += section(results[name])
+    for name, module in plugins.items():
+        r = results.get(name)
+        if r is not None:
+            lines += _error(name, r) if "error" in r else [*module.section(r), ""]
     clean = {
         name: r.get("ioc_stopped_cleanly", r.get("ioc", {}).get("stopped_cleanly"))
         for name, r in results.items()
