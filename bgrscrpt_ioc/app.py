@@ -20,6 +20,7 @@ from caproto.asyncio.server import start_server
 from bgrscrpt_ioc.ca import caproto_fixes
 from bgrscrpt_ioc.ca.access import apply_access
 from bgrscrpt_ioc.ca.pvdb import build_pvdb
+from bgrscrpt_ioc.recovery.service import WatchService
 from bgrscrpt_ioc.settings import Settings
 from bgrscrpt_ioc.state_db import StateDB, VarDirLock
 from bgrscrpt_ioc.supervisor.guardian import Guardian
@@ -195,6 +196,7 @@ async def run_ioc(options: IocOptions) -> int:
     stop_requested = asyncio.Event()
     tasks: list[asyncio.Task] = []
     runners: list[SlotRunner] = []
+    watches: WatchService | None = None
     try:
         _clean_leftovers(db)
         guardian.start()
@@ -217,9 +219,13 @@ async def run_ioc(options: IocOptions) -> int:
                     on_change=changed,
                 )
             )
+        if options.settings.watches:
+            watches = WatchService(options.settings.watches, prefix=options.prefix, db=db)
         now = time.monotonic()
         pvdb, ioc_group, slot_groups = build_pvdb(
-            options.prefix, [(r.name, r, r.view(now)) for r in runners]
+            options.prefix,
+            [(r.name, r, r.view(now)) for r in runners],
+            watches.pvs if watches is not None else None,
         )
         settings = options.settings
         if settings.write_hosts is not None or settings.write_users is not None:
@@ -251,6 +257,8 @@ async def run_ioc(options: IocOptions) -> int:
         for runner in runners:
             runner.start_if_present()
         publisher.changed()
+        if watches is not None:
+            await watches.start()
 
         stopper = asyncio.create_task(stop_requested.wait())
         done, _ = await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -266,6 +274,11 @@ async def run_ioc(options: IocOptions) -> int:
             loop.remove_signal_handler(signum)
         # Scripts first: nothing may outlive the IOC.
         await asyncio.gather(*(r.shutdown() for r in runners), return_exceptions=True)
+        if watches is not None:
+            try:
+                await watches.close()
+            except Exception:  # shutting down regardless
+                log.exception("closing the watches failed")
         await end_tasks(tasks)
         # Then whatever the server left (its circuits' tasks): asyncio.run would
         # cancel those only once and wait for ever.

@@ -114,17 +114,30 @@ def _settings_path(args: argparse.Namespace) -> Path | None:
     return default if default.is_file() else None
 
 
+def _list_pvs(args: argparse.Namespace) -> int:
+    """Print every PV name, the watch PVs of the settings' ``[[watch]]`` entries included."""
+    from bgrscrpt_ioc.ca.pvdb import pv_names
+
+    watches: list[str] = []
+    config_dir = args.config_dir or Path(os.environ.get("ICPINSTSCRIPTROOT") or ".")
+    if args.config is not None or (config_dir / "bgrscrpt.toml").is_file():
+        args.config_dir = config_dir.absolute()
+        settings = load_settings(
+            _settings_path(args), config_dir=args.config_dir, slot_count=args.slots
+        )
+        watches = [watch.name for watch in settings.watches]
+    names = [slot_name(i) for i in range(1, args.slots + 1)]
+    print("\n".join(pv_names(args.prefix, names, watches)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if not 1 <= args.slots <= 99:
             raise UsageError("--slots must be between 1 and 99")
         if args.list_pvs:
-            from bgrscrpt_ioc.ca.pvdb import pv_names
-
-            names = [slot_name(i) for i in range(1, args.slots + 1)]
-            print("\n".join(pv_names(args.prefix, names)))
-            return 0
+            return _list_pvs(args)
         if args.config_dir is not None:
             config_dir, source = args.config_dir, "--config-dir"
         elif os.environ.get("ICPINSTSCRIPTROOT"):

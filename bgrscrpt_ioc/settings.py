@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, AutoRestart, Policy
+from bgrscrpt_ioc.core.watch import SEVERITY_NAMES, Level, WatchPolicy
 
 
 class SettingsError(Exception):
@@ -35,7 +36,23 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
 _SUPERVISOR_KEYS = set(_NUMBERS) | {"autorestart"}
 _SLOT_KEYS = _SUPERVISOR_KEYS | {"script", "macros"}
 _ACCESS_KEYS = {"write_hosts", "write_users"}
-_TOP_KEYS = {"supervisor", "slots", "access"}
+_TOP_KEYS = {"supervisor", "slots", "access", "watch"}
+
+# Keys of one [[watch]] (SPEC.md): numbers as (type, minimum, maximum)
+_WATCH_NUMBERS: dict[str, tuple[type, float, float]] = {
+    "delay": (float, 0.0, 86400.0),
+    "verify_timeout": (float, 0.1, 86400.0),
+    "max_restarts": (int, 1, 1000),
+    "window": (float, 1.0, 30 * 86400.0),
+    "backoff": (float, 0.0, 86400.0),
+    "backoff_max": (float, 0.0, 7 * 86400.0),
+}
+_WATCH_KEYS = set(_WATCH_NUMBERS) | {
+    "name", "pvs", "severity", "disconnected", "values", "restart", "via", "procserv",
+}  # fmt: skip
+_PV_SAFE = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_PV_NAME = re.compile(r"[^\s\"']{1,200}")
+_ENDPOINT = re.compile(r"(?:unix:/\S+|[A-Za-z0-9_.-]+:[0-9]{1,5})")
 
 
 def slot_name(index: int) -> str:
@@ -63,11 +80,25 @@ class SlotSettings:
 
 
 @dataclass(frozen=True)
+class WatchSettings:
+    """One ``[[watch]]`` entry: what to watch, what to restart and how."""
+
+    name: str
+    pvs: tuple[str, ...]
+    restart: tuple[str, ...]
+    policy: WatchPolicy = field(default_factory=WatchPolicy)
+    values: tuple[str | int | float, ...] = ()
+    via: str = "procserv"
+    procserv: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Settings:
     slots: tuple[SlotSettings, ...]
     write_hosts: list[str] | None = None
     write_users: list[str] | None = None
     source: Path | None = None
+    watches: tuple[WatchSettings, ...] = ()
 
 
 def load_settings(path: Path | None, *, config_dir: Path, slot_count: int) -> Settings:
@@ -150,7 +181,138 @@ class _Validator:
                 raise self.fail("access", key, "must be a list of strings")
         hosts = access.get("write_hosts")
         users = access.get("write_users")
-        return Settings(tuple(slots), hosts, users, self.path)
+        watches = self.watches(data.get("watch", []))
+        return Settings(tuple(slots), hosts, users, self.path, watches)
+
+    # ---- [[watch]] ------------------------------------------------------------------
+
+    def watch_fail(self, index: int, label: str, key: str, problem: str) -> SettingsError:
+        """Like ``fail``, for the ``index``-th ``[[watch]]`` (their headers all look alike)."""
+        line = self._watch_line(index, key)
+        where = f"{self.path}:{line}" if line else f"{self.path}"
+        return SettingsError(f"{where}: {label}.{key}: {problem}")
+
+    def _watch_line(self, index: int, key: str) -> int:
+        header = re.compile(r"^\s*\[\[\s*watch\s*\]\]")
+        other = re.compile(r"^\s*\[")
+        key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        seen, start = -1, 0
+        for number, line in enumerate(self.lines, 1):
+            if header.match(line):
+                seen += 1
+                if seen == index:
+                    start = number
+                elif seen > index:
+                    break
+            elif seen == index and other.match(line):
+                break
+            elif seen == index and key_re.match(line):
+                return number
+        return start or self._line_of("", "watch")
+
+    def watches(self, entries: Any) -> tuple[WatchSettings, ...]:
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.fail("", "watch", "must be an array of tables: [[watch]]")
+        out: list[WatchSettings] = []
+        names: set[str] = set()
+        for index, entry in enumerate(entries):
+            watch = self.watch(index, entry)
+            if watch.name in names:
+                raise self.watch_fail(
+                    index, f"watch.{watch.name}", "name", "two watches have this name"
+                )
+            names.add(watch.name)
+            out.append(watch)
+        return tuple(out)
+
+    def watch(self, index: int, entry: dict[str, Any]) -> WatchSettings:
+        label = f"watch[{index}]"
+        name = entry.get("name")
+        if not isinstance(name, str) or not _PV_SAFE.fullmatch(name):
+            raise self.watch_fail(
+                index, label, "name",
+                "must be 1-40 letters, digits, '_' or '-' (it goes into PV names)",
+            )  # fmt: skip
+        label = f"watch.{name}"
+
+        def fail(key: str, problem: str) -> SettingsError:
+            return self.watch_fail(index, label, key, problem)
+
+        for key in entry:
+            if key not in _WATCH_KEYS:
+                raise fail(key, f"unknown key (expected one of {sorted(_WATCH_KEYS)})")
+        numbers: dict[str, Any] = {}
+        for key, (kind, low, high) in _WATCH_NUMBERS.items():
+            if key not in entry:
+                continue
+            value = entry[key]
+            ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
+            if isinstance(value, bool) or not ok_type:
+                raise fail(key, f"must be {'an integer' if kind is int else 'a number'}")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise fail(key, f"must be between {low:g} and {high:g}")
+            numbers[key] = kind(value)
+        pvs = entry.get("pvs")
+        if (
+            not isinstance(pvs, list)
+            or not pvs
+            or not all(isinstance(p, str) and _PV_NAME.fullmatch(p) for p in pvs)
+        ):
+            raise fail("pvs", "must be a non-empty list of PV names")
+        severity = entry.get("severity", "INVALID")
+        if severity not in SEVERITY_NAMES:
+            raise fail("severity", f"must be one of {list(SEVERITY_NAMES)}")
+        disconnected = entry.get("disconnected", True)
+        if not isinstance(disconnected, bool):
+            raise fail("disconnected", "must be true or false")
+        values = entry.get("values", [])
+        if not isinstance(values, list) or not (
+            all(isinstance(v, str) for v in values)
+            or all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ):
+            raise fail("values", "must be a list of strings, or a list of numbers")
+        restart = entry.get("restart")
+        if (
+            not isinstance(restart, list)
+            or not restart
+            or not all(isinstance(r, str) and _PV_SAFE.fullmatch(r) for r in restart)
+        ):
+            raise fail("restart", "must be a non-empty list of IOC names")
+        if len(set(restart)) != len(restart):
+            raise fail("restart", "names an IOC twice")
+        via = entry.get("via", "procserv")
+        if via not in ("procserv", "pv"):
+            raise fail("via", 'must be "procserv" or "pv"')
+        procserv = entry.get("procserv", {})
+        if not isinstance(procserv, dict):
+            raise fail("procserv", 'must be a table of IOC = "host:port" or "unix:/path"')
+        for ioc, endpoint in procserv.items():
+            if ioc not in restart:
+                raise fail("procserv", f"{ioc} is not in restart")
+            if not isinstance(endpoint, str) or not _ENDPOINT.fullmatch(endpoint):
+                raise fail("procserv", f'{ioc} must be "host:port" or "unix:/path"')
+            if not endpoint.startswith("unix:") and not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
+                raise fail("procserv", f"{ioc}: {endpoint.rsplit(':', 1)[1]} is not a port")
+        if via == "procserv":
+            missing = [ioc for ioc in restart if ioc not in procserv]
+            if missing:
+                raise fail("procserv", f"no procServ endpoint for {', '.join(missing)}")
+        policy = WatchPolicy(
+            severity=int(Level[severity]),
+            disconnected=disconnected,
+            **numbers,
+        )
+        if policy.backoff_max < policy.backoff:
+            raise fail("backoff_max", "must not be less than backoff")
+        return WatchSettings(
+            name=name,
+            pvs=tuple(pvs),
+            restart=tuple(restart),
+            policy=policy,
+            values=tuple(values),
+            via=via,
+            procserv=dict(procserv),
+        )
 
     def table(self, parent: dict[str, Any], where: str, key: str) -> dict[str, Any]:
         value = parent.get(key, {})

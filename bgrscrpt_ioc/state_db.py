@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,26 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL,
     PRIMARY KEY (slot, key)
 );
+CREATE TABLE IF NOT EXISTS watch_restarts (
+    id INTEGER PRIMARY KEY,
+    watch TEXT NOT NULL,
+    started TEXT NOT NULL,
+    epoch REAL NOT NULL,
+    manual INTEGER NOT NULL,
+    iocs TEXT NOT NULL,
+    outcome TEXT,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS watch_restarts_watch ON watch_restarts (watch, id);
+CREATE TABLE IF NOT EXISTS watch_events (
+    id INTEGER PRIMARY KEY,
+    watch TEXT NOT NULL,
+    at TEXT NOT NULL,
+    epoch REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS watch_events_watch ON watch_events (watch, id);
 """
 
 
@@ -79,6 +100,21 @@ class OpenRun:
     id: int
     slot: str
     pid: int
+
+
+@dataclass(frozen=True)
+class WatchHistory:
+    """What the database knows of one watch, for its start-up.
+
+    ``recent``: wall times (epoch seconds) of the restarts since the last LOCKOUT
+    was cleared; ``failures``: failed recoveries in a row since the last success.
+    """
+
+    restart_count: int
+    recent: list[float]
+    locked_out: bool
+    failures: int
+    last_restart: str
 
 
 class StateDB:
@@ -131,3 +167,88 @@ class StateDB:
             "ON CONFLICT (slot, key) DO UPDATE SET value = excluded.value",
             (slot, key, value),
         )
+
+    def clear_setting(self, slot: str, key: str) -> None:
+        self._db.execute("DELETE FROM settings WHERE slot = ? AND key = ?", (slot, key))
+
+    def settings_of(self, slot: str) -> dict[str, str]:
+        rows = self._db.execute("SELECT key, value FROM settings WHERE slot = ?", (slot,))
+        return {str(key): str(value) for key, value in rows}
+
+    # ---- alarm recovery ----------------------------------------------------------
+
+    def watch_restart_began(self, watch: str, iocs: list[str], *, manual: bool) -> int:
+        """Recorded before anything is sent, so a restart cut short still counts."""
+        cur = self._db.execute(
+            "INSERT INTO watch_restarts (watch, started, epoch, manual, iocs) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (watch, wall_now(), time.time(), int(manual), " ".join(iocs)),
+        )
+        return int(cur.lastrowid or 0)
+
+    def watch_restart_outcome(self, restart_id: int, outcome: str, detail: str) -> None:
+        self._db.execute(
+            "UPDATE watch_restarts SET outcome = ?, detail = ? WHERE id = ?",
+            (outcome, detail, restart_id),
+        )
+
+    def watch_event(self, watch: str, kind: str, detail: str) -> None:
+        """lockout, cleared, recovered, failed, dry-run, …: one line of the watch's story."""
+        self._db.execute(
+            "INSERT INTO watch_events (watch, at, epoch, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            (watch, wall_now(), time.time(), kind, detail),
+        )
+
+    def close_open_watch_restarts(self) -> int:
+        """Restarts a dead IOC left without an outcome become "interrupted"; how many."""
+        cur = self._db.execute(
+            "UPDATE watch_restarts SET outcome = 'interrupted', "
+            "detail = 'the IOC stopped during the restart' WHERE outcome IS NULL"
+        )
+        return cur.rowcount
+
+    def watch_history(self, watch: str) -> WatchHistory:
+        count, last = self._db.execute(
+            "SELECT COUNT(*), MAX(started) FROM watch_restarts WHERE watch = ?", (watch,)
+        ).fetchone()
+        cleared = self._db.execute(
+            "SELECT MAX(epoch) FROM watch_events WHERE watch = ? AND kind = 'cleared'", (watch,)
+        ).fetchone()[0]
+        since = -1.0 if cleared is None else float(cleared)
+        recent = [
+            float(row[0])
+            for row in self._db.execute(
+                "SELECT epoch FROM watch_restarts WHERE watch = ? AND epoch > ? ORDER BY id",
+                (watch, since),
+            )
+        ]
+        state = self._db.execute(
+            "SELECT kind FROM watch_events WHERE watch = ? AND kind IN ('lockout', 'cleared') "
+            "ORDER BY id DESC LIMIT 1",
+            (watch,),
+        ).fetchone()
+        failures = 0
+        for (outcome,) in self._db.execute(
+            "SELECT outcome FROM watch_restarts WHERE watch = ? AND epoch > ? ORDER BY id DESC",
+            (watch, since),
+        ):
+            if outcome == "recovered":
+                break
+            failures += 1
+        return WatchHistory(
+            restart_count=int(count),
+            recent=recent,
+            locked_out=state is not None and state[0] == "lockout",
+            failures=failures,
+            last_restart=str(last or ""),
+        )
+
+    def watch_restarts(self, watch: str, limit: int = 20) -> list[dict[str, object]]:
+        """The most recent restarts of a watch, newest first."""
+        cur = self._db.execute(
+            "SELECT id, watch, started, manual, iocs, outcome, detail FROM watch_restarts "
+            "WHERE watch = ? ORDER BY id DESC LIMIT ?",
+            (watch, limit),
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]

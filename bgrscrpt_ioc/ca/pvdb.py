@@ -7,17 +7,21 @@ from caproto import ChannelData
 from .channels import quiet_rejected_puts
 from .ioc_pvs import IocPVs
 from .slot_pvs import SlotController, SlotPVs, SlotView
+from .watch_pvs import WatchPVSet, WatchView, build_watch_pvs
 
 IOC_GROUP = "BGRSCRPT"
 """The IOC-wide PVs live under ``f"{prefix}{IOC_GROUP}:"``."""
 
 
 def build_pvdb(
-    prefix: str, slots: list[tuple[str, SlotController, SlotView]]
+    prefix: str,
+    slots: list[tuple[str, SlotController, SlotView]],
+    watches: WatchPVSet | None = None,
 ) -> tuple[dict[str, ChannelData], IocPVs, dict[str, SlotPVs]]:
     """Create the PV groups for ``start_server``.
 
-    ``slots`` holds (slot name such as "BGRSCRPT_01", controller, initial view).
+    ``slots`` holds (slot name such as "BGRSCRPT_01", controller, initial view);
+    ``watches`` the alarm-recovery groups (``watch_pvs.build_watch_pvs``), if any.
     Returns the merged pvdb, the IOC-wide group and the slot groups by slot
     name. Also keeps caproto's log of a refused put to one line.
     """
@@ -32,6 +36,12 @@ def build_pvdb(
         if clash:
             raise ValueError(f"slot {name}: PV names already in use: {sorted(clash)}")
         pvdb.update(group.pvdb)
+    if watches is not None:
+        watch_pvdb = watches.pvdb
+        clash = pvdb.keys() & watch_pvdb.keys()
+        if clash:
+            raise ValueError(f"watch PV names already in use: {sorted(clash)}")
+        pvdb.update(watch_pvdb)
     return pvdb, ioc, groups
 
 
@@ -45,11 +55,30 @@ class _NoController:
     def set_watchdog(self, seconds: float) -> None: ...
 
 
-def pv_names(prefix: str, slot_names: list[str]) -> list[str]:
+class _NoWatchController:
+    """Stands in for the watch runners when only the names are wanted."""
+
+    def set_enabled(self, enabled: bool) -> None: ...
+    def restart_now(self) -> None: ...
+    def set_dry_run(self, dry_run: bool) -> None: ...
+
+
+def pv_names(
+    prefix: str, slot_names: list[str], watch_names: list[str] | tuple[str, ...] = ()
+) -> list[str]:
     """Every record name the IOC serves (no fields), for ``--list-pvs``.
 
+    ``watch_names`` are the ``[[watch]]`` names; with none there are no watch PVs.
     Built from the same groups as the server, so the list cannot drift.
     """
     controller = _NoController()
-    pvdb, _, _ = build_pvdb(prefix, [(slot, controller, SlotView()) for slot in slot_names])
+    watches = None
+    if watch_names:
+        nobody = _NoWatchController()
+        watches = build_watch_pvs(
+            prefix, [(name, nobody, WatchView()) for name in watch_names], nobody
+        )
+    pvdb, _, _ = build_pvdb(
+        prefix, [(slot, controller, SlotView()) for slot in slot_names], watches
+    )
     return list(pvdb)

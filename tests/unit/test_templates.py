@@ -22,12 +22,16 @@ from bgrscrpt_ioc.ca.channels import READONLY_ASG, is_read_only
 from bgrscrpt_ioc.ca.dbparse import DbSyntaxError, Record, parse, parse_file
 from bgrscrpt_ioc.ca.pvdb import build_pvdb, pv_names
 from bgrscrpt_ioc.ca.slot_pvs import SlotView
+from bgrscrpt_ioc.ca.watch_pvs import WatchView, build_watch_pvs
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOT_DB = ROOT / "db_templates" / "bgrscrpt.db"
 IOC_DB = ROOT / "db_templates" / "bgrscrpt_ioc.db"
+WATCH_DB = ROOT / "db_templates" / "bgrscrpt_watch.db"
+WATCHES_DB = ROOT / "db_templates" / "bgrscrpt_watches.db"
 PREFIX = "TMPL:"
 SLOTS = ["BGRSCRPT_01", "BGRSCRPT_02"]
+WATCHES = ["ZFMAGFLD", "TEMP_1"]
 
 CA_TYPE = {
     "bo": ChannelType.ENUM,
@@ -53,10 +57,19 @@ class _Controller:
     def set_watchdog(self, seconds: float) -> None: ...
 
 
+class _WatchController:
+    def set_enabled(self, enabled: bool) -> None: ...
+    def restart_now(self) -> None: ...
+    def set_dry_run(self, dry_run: bool) -> None: ...
+
+
 def template_records(prefix: str = PREFIX) -> dict[str, Record]:
     records = parse_file(str(IOC_DB), {"P": prefix})
     for slot in SLOTS:
         records += parse_file(str(SLOT_DB), {"P": prefix, "SLOT": slot})
+    records += parse_file(str(WATCHES_DB), {"P": prefix})
+    for watch in WATCHES:
+        records += parse_file(str(WATCH_DB), {"P": prefix, "WATCH": watch})
     by_name = {record.name: record for record in records}
     assert len(by_name) == len(records), "a record name appears twice"
     return by_name
@@ -69,7 +82,9 @@ def templates() -> dict[str, Record]:
 
 @pytest.fixture
 def ioc():
-    pvdb, _, _ = build_pvdb(PREFIX, [(slot, _Controller(), SlotView()) for slot in SLOTS])
+    watch = _WatchController()
+    watches = build_watch_pvs(PREFIX, [(name, watch, WatchView()) for name in WATCHES], watch)
+    pvdb, _, _ = build_pvdb(PREFIX, [(slot, _Controller(), SlotView()) for slot in SLOTS], watches)
     return pvdb
 
 
@@ -115,7 +130,13 @@ def test_parser_rejects_an_undefined_macro_and_bad_syntax():
 
 def test_same_record_names(templates, ioc):
     assert set(ioc) == set(templates)
-    assert set(pv_names(PREFIX, SLOTS)) == set(templates)
+    assert set(pv_names(PREFIX, SLOTS, WATCHES)) == set(templates)
+
+
+def test_no_watch_pvs_without_watches(templates):
+    names = set(pv_names(PREFIX, SLOTS))
+    assert not any(":WATCH:" in name for name in names)
+    assert names == {name for name in templates if ":WATCH:" not in name}
 
 
 def test_same_record_types(templates, ioc):
@@ -247,6 +268,9 @@ def test_epics_base_loads_the_templates_as_written():
     args = [sys.executable, "-m", "epicscorelibs.ioc", "-m", f"P={prefix}", "-d", str(IOC_DB)]
     for slot in SLOTS:
         args += ["-m", f"P={prefix},SLOT={slot}", "-d", str(SLOT_DB)]
+    args += ["-m", f"P={prefix}", "-d", str(WATCHES_DB)]
+    for watch in WATCHES:
+        args += ["-m", f"P={prefix},WATCH={watch}", "-d", str(WATCH_DB)]
     # The IOC shell is a Python console; "exit()" ends it (it ignores SIGTERM).
     proc = subprocess.Popen(
         args,

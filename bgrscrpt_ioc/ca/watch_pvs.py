@@ -1,0 +1,273 @@
+"""The PVs of alarm recovery, ``$(P)BGRSCRPT:WATCH:`` (SPEC.md's watch table).
+
+A translation layer only: puts become calls on a :class:`WatchController` (or
+the :class:`DryRunController`), and :meth:`WatchPVs.publish` shows a
+:class:`WatchView`. Every decision belongs to the watch runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol
+
+from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite, SubscriptionType
+from caproto.server import PVGroup, pvproperty
+
+from ..core.watch import ALARM_LABELS, WatchState
+from .channels import CheckedEnum, describe_record, preset_alarm, preset_value
+from .slot_pvs import OFF_ON, char_waveform_text
+
+WATCH_GROUP = "BGRSCRPT:WATCH"
+"""Watch PVs live under ``f"{prefix}{WATCH_GROUP}:<name>:"``; DRYRUN under ``…:WATCH:``."""
+
+STATE_LABELS = tuple(state.name for state in WatchState)
+STATE_SEVERITY = {
+    WatchState.FAILED: AlarmSeverity.MINOR_ALARM,
+    WatchState.LOCKOUT: AlarmSeverity.MAJOR_ALARM,
+}
+"""STATE alarm severities; every other state is NO_ALARM."""
+
+ALARM_SEVERITY = {
+    1: AlarmSeverity.MINOR_ALARM,
+    2: AlarmSeverity.MAJOR_ALARM,
+    3: AlarmSeverity.MAJOR_ALARM,
+    4: AlarmSeverity.MAJOR_ALARM,
+}
+"""ALARM severities by index into ALARM_LABELS: the watch itself works, so never INVALID."""
+
+MSG_LIMIT = 1024
+
+
+@dataclass
+class WatchView:
+    """What one watch's PVs show; the watch runner builds it."""
+
+    state: int = 0  # WatchState value
+    alarm: int = 0  # index into ALARM_LABELS
+    enable: bool = True
+    restart_cnt: int = 0
+    last_restart: str = ""
+    msg: str = ""
+
+
+class WatchController(Protocol):
+    """What a watch's puts call; each may raise ``ValueError(msg)`` to reject the put."""
+
+    def set_enabled(self, enabled: bool) -> None: ...
+    def restart_now(self) -> None: ...
+
+
+class DryRunController(Protocol):
+    """What a put to DRYRUN calls."""
+
+    def set_dry_run(self, dry_run: bool) -> None: ...
+
+
+def _enum_alarm(
+    severities: dict[Any, AlarmSeverity], index: int
+) -> tuple[AlarmStatus, AlarmSeverity]:
+    severity = severities.get(index, AlarmSeverity.NO_ALARM)
+    status = AlarmStatus.NO_ALARM if severity == AlarmSeverity.NO_ALARM else AlarmStatus.STATE
+    return status, severity
+
+
+class WatchPVs(PVGroup):
+    """PVs of one watch. Each PV has its own alarm_group (caproto shares one otherwise)."""
+
+    state = pvproperty(
+        name="STATE",
+        alarm_group="STATE",
+        dtype=ChannelType.ENUM,
+        enum_strings=STATE_LABELS,
+        value=STATE_LABELS[0],
+        read_only=True,
+        record="mbbi",
+        doc="State of the watch",
+    )
+    alarm = pvproperty(
+        name="ALARM",
+        alarm_group="ALARM",
+        dtype=ChannelType.ENUM,
+        enum_strings=ALARM_LABELS,
+        value=ALARM_LABELS[0],
+        read_only=True,
+        record="mbbi",
+        doc="Worst severity of the watched PVs",
+    )
+    enable = pvproperty(
+        name="ENABLE",
+        alarm_group="ENABLE",
+        dtype=CheckedEnum,
+        enum_strings=OFF_ON,
+        value="On",
+        record="bo",
+        doc="Watch on; On again clears LOCKOUT",
+    )
+    restart = pvproperty(
+        name="RESTART",
+        alarm_group="RESTART",
+        dtype=CheckedEnum,
+        enum_strings=OFF_ON,
+        value="Off",
+        record="bo",
+        doc="Restart the watched IOCs now",
+    )
+    restart_cnt = pvproperty(
+        name="RESTART_CNT",
+        alarm_group="RESTART_CNT",
+        dtype=int,
+        value=0,
+        read_only=True,
+        record="longin",
+        doc="Restarts sent by this watch",
+    )
+    last_restart = pvproperty(
+        name="LAST_RESTART",
+        alarm_group="LAST_RESTART",
+        dtype=ChannelType.STRING,
+        value="",
+        read_only=True,
+        record="stringin",
+        doc="Time of the last restart (ISO)",
+    )
+    msg = pvproperty(
+        name="MSG",
+        alarm_group="MSG",
+        dtype=str,
+        value="",
+        max_length=MSG_LIMIT,
+        read_only=True,
+        record="waveform",
+        doc="Last event in words",
+    )
+
+    def __init__(self, prefix: str, controller: WatchController, view: WatchView):
+        """``prefix`` is the whole record prefix, e.g. ``f"{P}BGRSCRPT:WATCH:ZF:"``."""
+        self.controller = controller
+        super().__init__(prefix)
+        self._channels = {
+            f.name: self.pvdb[f"{self.prefix}{f.name.upper()}"] for f in fields(WatchView)
+        }
+        for channel in self.pvdb.values():
+            if channel is self._channels["state"]:
+                describe_record(channel, {int(k): v for k, v in STATE_SEVERITY.items()})
+            elif channel is self._channels["alarm"]:
+                describe_record(channel, ALARM_SEVERITY)
+            else:
+                describe_record(channel)
+        for name, value in self._encode(view).items():
+            preset_value(self._channels[name], value)
+        preset_alarm(self._channels["state"], *_enum_alarm(STATE_SEVERITY, view.state))
+        preset_alarm(self._channels["alarm"], *_enum_alarm(ALARM_SEVERITY, view.alarm))
+        self._shown = replace(view)
+
+    @enable.putter
+    async def enable(self, instance: Any, value: str) -> str:
+        self.controller.set_enabled(value == "On")  # a ValueError rejects the put
+        self._shown.enable = value == "On"
+        return value
+
+    @restart.putter
+    async def restart(self, instance: Any, value: str) -> str:
+        if value == "On":
+            self.controller.restart_now()
+        raise SkipWrite()  # a command: reads back Off, no monitor update
+
+    async def publish(self, view: WatchView) -> None:
+        """Show ``view``: write only what differs from what is shown; STATE last."""
+        changed = [
+            f.name
+            for f in fields(WatchView)
+            if getattr(view, f.name) != getattr(self._shown, f.name)
+        ]
+        changed.sort(key=lambda name: name == "state")
+        encoded = self._encode(view)
+        for name in changed:
+            channel = self._channels[name]
+            severities: dict[Any, AlarmSeverity] | None = {
+                "state": STATE_SEVERITY,
+                "alarm": ALARM_SEVERITY,
+            }.get(name)
+            if severities is not None:
+                status, severity = _enum_alarm(severities, getattr(view, name))
+                if (status, severity) != (channel.alarm.status, channel.alarm.severity):
+                    await channel.write(
+                        encoded[name],
+                        verify_value=False,
+                        flags=SubscriptionType.DBE_ALARM,
+                        status=status,
+                        severity=severity,
+                    )
+                    continue
+            await channel.write(encoded[name], verify_value=False)
+        self._shown = replace(view)
+
+    @staticmethod
+    def _encode(view: WatchView) -> dict[str, Any]:
+        return {
+            "state": STATE_LABELS[view.state],
+            "alarm": ALARM_LABELS[view.alarm],
+            "enable": OFF_ON[bool(view.enable)],
+            "restart_cnt": int(view.restart_cnt),
+            "last_restart": view.last_restart[:39],
+            "msg": char_waveform_text(view.msg, MSG_LIMIT),
+        }
+
+
+class WatchIocPVs(PVGroup):
+    """The IOC-wide watch PV: DRYRUN."""
+
+    dryrun = pvproperty(
+        name="DRYRUN",
+        alarm_group="DRYRUN",
+        dtype=CheckedEnum,
+        enum_strings=OFF_ON,
+        value="Off",
+        record="bo",
+        doc="Decide and log, but send no restart",
+    )
+
+    def __init__(self, prefix: str, controller: DryRunController, dry_run: bool = False):
+        """``prefix`` is ``f"{P}BGRSCRPT:WATCH:"``."""
+        self.controller = controller
+        super().__init__(prefix)
+        for channel in self.pvdb.values():
+            describe_record(channel)
+        preset_value(self.dryrun, OFF_ON[bool(dry_run)])
+
+    @dryrun.putter
+    async def dryrun(self, instance: Any, value: str) -> str:
+        self.controller.set_dry_run(value == "On")
+        return value
+
+
+@dataclass
+class WatchPVSet:
+    """Every watch PV group of one IOC, ready to merge into the pvdb."""
+
+    ioc: WatchIocPVs
+    watches: dict[str, WatchPVs]
+
+    @property
+    def pvdb(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.ioc.pvdb)
+        for name, group in self.watches.items():
+            clash = out.keys() & group.pvdb.keys()
+            if clash:
+                raise ValueError(f"watch {name}: PV names already in use: {sorted(clash)}")
+            out.update(group.pvdb)
+        return out
+
+
+def build_watch_pvs(
+    prefix: str,
+    watches: list[tuple[str, WatchController, WatchView]],
+    dry_run: DryRunController,
+    dry_run_on: bool = False,
+) -> WatchPVSet:
+    """The DRYRUN group and one group per watch (name, controller, initial view)."""
+    base = f"{prefix}{WATCH_GROUP}:"
+    return WatchPVSet(
+        WatchIocPVs(base, dry_run, dry_run_on),
+        {name: WatchPVs(f"{base}{name}:", ctl, view) for name, ctl, view in watches},
+    )

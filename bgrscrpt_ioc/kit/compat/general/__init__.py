@@ -1,0 +1,1 @@
+"""The part of ISIS's InstrumentScripts ``general`` package that background scripts use."""

@@ -1,0 +1,125 @@
+"""``restart_ioc_when_pv_in_alarm`` as in ISIS's InstrumentScripts, for background scripts.
+
+Usage, unchanged from an instrument::
+
+    from general.utilities.restart_ioc_when_pv_in_alarm import restart_ioc_when_pv_in_alarm
+
+    thread = restart_ioc_when_pv_in_alarm("ZF_STATUS", ["ZFCNTRL_01"], ["FAULT"])
+    ...
+    thread.stop()
+
+Every ``wait_for_polling`` seconds the block's value is read; when it is one of
+``error_states`` each IOC gets ``$(P)CS:PS:<IOC>:RESTART 1`` (IBEX's
+procServControl), then the thread waits ``wait_between_restarts``. Unlike the
+original, a block that does not answer is said clearly on stderr (once, and
+again when it comes back) instead of silently ending the thread. For restarts
+that are verified, backed off and locked out, use a ``[[watch]]`` entry of the
+IOC instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterable
+
+BLOCK_PREFIX = "CS:SB:"
+
+
+class StoppableThread(threading.Thread):
+    """A daemon thread with a ``stop()`` that ends it within moments, even mid-wait."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def stopped(self) -> bool:
+        return self._stop_event.is_set()
+
+    def wait_or_stop(self, seconds: float) -> bool:
+        """Wait ``seconds``; True when stop() was called meanwhile."""
+        return self._stop_event.wait(seconds)
+
+
+def restart_ioc_when_pv_in_alarm(
+    block_to_monitor: str,
+    iocs_to_restart: Iterable[str],
+    error_states: Iterable[object],
+    wait_between_restarts: float = 120,
+    wait_for_polling: float = 10,
+) -> StoppableThread:
+    """Watch ``block_to_monitor``; restart ``iocs_to_restart`` when its value is an error state.
+
+    Returns the running thread; ``stop()`` ends it.
+    """
+    iocs = list(iocs_to_restart)
+    errors = list(error_states)
+    thread = StoppableThread(
+        target=_poll_and_restart,
+        args=(block_to_monitor, errors, iocs, wait_between_restarts, wait_for_polling),
+        name=f"restart_ioc_when_pv_in_alarm({block_to_monitor})",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def _is_error(value: object, error_states: list[object]) -> bool:
+    text = str(value).strip()
+    for state in error_states:
+        if text == str(state).strip():
+            return True
+        if isinstance(state, int | float) and not isinstance(state, bool):
+            try:
+                if float(text) == float(state):
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
+def _say(text: str) -> None:
+    print(f"restart_ioc_when_pv_in_alarm: {text}", file=sys.stderr, flush=True)
+
+
+def _poll_and_restart(
+    block: str,
+    error_states: list[object],
+    iocs: list[str],
+    wait_between_restarts: float,
+    wait_for_polling: float,
+) -> None:
+    # Imported here: the script chooses its genie_python (real or the IOC's) first.
+    from genie_python import genie as g
+
+    thread = threading.current_thread()
+    assert isinstance(thread, StoppableThread)
+    missing = False
+    while not thread.stopped():
+        try:
+            value = g.get_pv(BLOCK_PREFIX + block, to_string=True, is_local=True)
+        except Exception as exc:  # any genie_python failure: say so and keep watching
+            if not missing:
+                _say(
+                    f"block {block} ({g.prefix_pv_name(BLOCK_PREFIX + block)}) does not answer: "
+                    f"{exc}; is it in the configuration? Still watching for it."
+                )
+                missing = True
+        else:
+            if missing:
+                _say(f"block {block} answers again")
+                missing = False
+            if _is_error(value, error_states):
+                for ioc in iocs:
+                    print(f"Restarting {ioc}", flush=True)
+                    try:
+                        g.set_pv(f"CS:PS:{ioc}:RESTART", 1, is_local=True)
+                    except Exception as exc:
+                        _say(f"cannot restart {ioc}: {exc}")
+                if thread.wait_or_stop(wait_between_restarts):
+                    return
+        if thread.wait_or_stop(wait_for_polling):
+            return

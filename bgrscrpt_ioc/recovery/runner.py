@@ -1,0 +1,268 @@
+"""Carries out the watch core's decisions: one WatchRunner per ``[[watch]]``.
+
+The runner feeds the core what the monitors hear and what operators put, sends
+the restarts it asks for (procServ or procServControl, IOCs in the listed
+order), records restarts and outcomes in the state database and shows the
+watch on its PVs. It has no policy of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from ..ca.watch_pvs import WatchPVs, WatchView
+from ..core.watch import Action, Outcome, Restart, WatchCore, WatchState
+from ..settings import WatchSettings
+from ..state_db import StateDB, wall_now
+from . import procserv, pv_backend
+from .monitor import PvMonitor, PvUpdate
+
+log = logging.getLogger("bgrscrpt_ioc.watch")
+
+MODE_JOURNAL = "procserv-mode"
+"""State database settings slot: procServ endpoint -> the auto-restart mode to put back."""
+
+KICK_INTERVAL = 0.05  # while verifying with PVs not found yet: search again this often
+CLOSE_TIMEOUT = 5.0
+
+
+class WatchRunner:
+    """One watch: the core, its restarts, its PVs. Lives on the IOC's loop."""
+
+    def __init__(
+        self,
+        settings: WatchSettings,
+        *,
+        prefix: str,
+        db: StateDB,
+        monitor: PvMonitor,
+        dry_run: Callable[[], bool],
+    ):
+        self.settings = settings
+        self.name = settings.name
+        self.prefix = prefix
+        self.db = db
+        self.monitor = monitor
+        self.dry_run = dry_run
+        self.group: WatchPVs | None = None
+        now, wall = time.monotonic(), time.time()
+        history = db.watch_history(self.name)
+        enabled = db.setting(f"watch:{self.name}", "enable") != "0"
+        self.core = WatchCore(
+            settings.policy,
+            settings.pvs,
+            now,
+            enabled=enabled,
+            locked_out=history.locked_out,
+            # Wall times from the database onto this IOC's monotonic clock.
+            history=[now - (wall - t) for t in history.recent],
+            failures=history.failures,
+            restart_count=history.restart_count,
+        )
+        self.last_restart = history.last_restart
+        if history.restart_count and self.core.state is WatchState.OK:
+            self.core.msg = (
+                f"watching; {history.restart_count} restart(s) so far, last at {self.last_restart}"
+            )
+        self._restart_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._values = set(settings.values)
+        self.journal = DbModeJournal(db)
+
+    # ---- what the PVs and operators do -------------------------------------------
+
+    def on_update(self, update: PvUpdate) -> None:
+        """A watched PV's news, from the monitor (on the loop)."""
+        matches = False
+        if update.connected and self._values and update.value is not None:
+            matches = _value_matches(update.value, self._values)
+        self._apply(
+            self.core.update(
+                time.monotonic(),
+                update.name,
+                connected=update.connected,
+                severity=update.severity,
+                value_matches=matches,
+            )
+        )
+
+    def set_enabled(self, enabled: bool) -> None:
+        """ENABLE put; a ValueError (WatchRefused) rejects it."""
+        actions = self.core.set_enabled(time.monotonic(), enabled)
+        self.db.set_setting(f"watch:{self.name}", "enable", "1" if enabled else "0")
+        log.info("watch %s: %s", self.name, self.core.msg)
+        self._apply(actions)
+
+    def restart_now(self) -> None:
+        """RESTART put: a manual restart through the same path."""
+        actions = self.core.manual_restart(time.monotonic())
+        log.info("watch %s: restart by hand", self.name)
+        self._apply(actions)
+
+    def view(self) -> WatchView:
+        return WatchView(
+            state=int(self.core.state),
+            alarm=int(self.core.alarm),
+            enable=self.core.state is not WatchState.DISABLED,
+            restart_cnt=self.core.restart_count,
+            last_restart=self.last_restart,
+            msg=self.core.msg,
+        )
+
+    # ---- life ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"watch {self.name}")
+
+    async def close(self) -> None:
+        """Stop the watch; a restart under way is cut short (recorded as interrupted)."""
+        tasks = [t for t in (self._restart_task, self._task) if t is not None]
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        pending = [t for t in tasks if not t.done()]
+        while pending and time.monotonic() < deadline:
+            for task in pending:
+                task.cancel()  # again if a cancellation was lost
+            await asyncio.wait(pending, timeout=0.1)
+            pending = [t for t in pending if not t.done()]
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: how it ended is no news at shutdown
+        if pending:
+            log.warning("watch %s: %d task(s) did not stop", self.name, len(pending))
+
+    async def _run(self) -> None:
+        """Ticks the core when a deadline is due and publishes what changed."""
+        while True:
+            now = time.monotonic()
+            wait = self.core.next_deadline() - now
+            kicking = self.core.state is WatchState.VERIFYING and any(
+                not pv.connected for pv in self.core.pvs.values()
+            )
+            if kicking:
+                self.monitor.kick_searches()
+                wait = min(wait, KICK_INTERVAL)
+            if wait > 0:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation, and this loop would outlive the IOC's shutdown.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if math.isinf(wait) else wait):
+                        await self._wake.wait()
+            self._wake.clear()
+            self._apply(self.core.tick(time.monotonic()), wake=False)
+            if self.group is not None:
+                try:
+                    await self.group.publish(self.view())
+                except Exception:  # publishing must never stop the watch
+                    log.exception("watch %s: publishing failed", self.name)
+
+    def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
+        for action in actions:
+            if isinstance(action, Restart):
+                self._restart_task = asyncio.create_task(self._restart(action))
+            elif isinstance(action, Outcome):
+                self._record(action)
+        if wake:
+            self._wake.set()
+
+    def _record(self, outcome: Outcome) -> None:
+        log.log(
+            logging.WARNING if outcome.kind in ("failed", "lockout") else logging.INFO,
+            "watch %s: %s: %s",
+            self.name,
+            outcome.kind,
+            outcome.text,
+        )
+        try:
+            if outcome.kind in ("recovered", "failed") and self._restart_id:
+                self.db.watch_restart_outcome(self._restart_id, outcome.kind, outcome.text)
+                if outcome.kind == "recovered":
+                    self._restart_id = 0
+            self.db.watch_event(self.name, outcome.kind, outcome.text)
+        except Exception:  # a full disk must not stop the watch
+            log.exception("watch %s: cannot record %s", self.name, outcome.kind)
+
+    # ---- restarts ----------------------------------------------------------------
+
+    async def _restart(self, action: Restart) -> None:
+        settings = self.settings
+        iocs = list(settings.restart)
+        how = "procServ" if settings.via == "procserv" else "procServControl"
+        if self.dry_run():
+            what = f"DRYRUN: would restart {', '.join(iocs)} via {how} ({action.reason})"
+            log.warning("watch %s: %s", self.name, what)
+            self.db.watch_event(self.name, "dry-run", what)
+            self._apply(self.core.restart_sent(time.monotonic(), what, dry_run=True))
+            return
+        log.warning("watch %s: restarting %s via %s: %s", self.name, iocs, how, action.reason)
+        self._restart_id = self.db.watch_restart_began(self.name, iocs, manual=action.manual)
+        self.last_restart = wall_now()
+        done: list[str] = []
+        try:
+            for ioc in iocs:
+                if settings.via == "procserv":
+                    endpoint = settings.procserv[ioc]
+                    result = await procserv.restart(
+                        endpoint,
+                        journal=self.journal,
+                        leave_as=self.db.setting(MODE_JOURNAL, endpoint),
+                    )
+                    log.info(
+                        "watch %s: %s restarted, pid %s -> %s (auto restart %s) in %.2f s",
+                        self.name,
+                        ioc,
+                        result.old_pid,
+                        result.new_pid,
+                        result.mode,
+                        result.took,
+                    )
+                else:
+                    shown = await pv_backend.restart(self.monitor.context, self.prefix, ioc)
+                    log.info("watch %s: %s restarted (%s)", self.name, ioc, shown)
+                done.append(ioc)
+        except (procserv.ProcServError, pv_backend.PvRestartError) as exc:
+            why = str(exc) if not done else f"restarted {', '.join(done)}, then: {exc}"
+            self._failed(why)
+            return
+        except asyncio.CancelledError:
+            self.db.watch_restart_outcome(self._restart_id, "interrupted", "the IOC stopped")
+            raise
+        except Exception as exc:  # a bug here must leave the watch FAILED, not stuck
+            log.exception("watch %s: restart failed", self.name)
+            self._failed(f"restart failed: {type(exc).__name__}: {exc}")
+            return
+        what = f"restarted {', '.join(iocs)}"
+        self.db.watch_restart_outcome(self._restart_id, "sent", what)
+        self._apply(self.core.restart_sent(time.monotonic(), what))
+
+    def _failed(self, why: str) -> None:
+        self._apply(self.core.restart_failed(time.monotonic(), why))
+
+
+class DbModeJournal:
+    """Notes in the state database the procServ modes a restart has yet to put back."""
+
+    def __init__(self, db: StateDB):
+        self.db = db
+
+    def mode_changed(self, endpoint: str, found: str) -> None:
+        self.db.set_setting(MODE_JOURNAL, endpoint, found)
+
+    def mode_restored(self, endpoint: str) -> None:
+        self.db.clear_setting(MODE_JOURNAL, endpoint)
+
+
+def _value_matches(value: object, wanted: set[str | int | float]) -> bool:
+    if isinstance(value, str):
+        return value.strip() in wanted
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return any(not isinstance(w, str) and float(w) == number for w in wanted)
