@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -165,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("caproto").setLevel(logging.WARNING)
+
+    # procServ 2.7 starts its child with SIGHUP, SIGPIPE and SIGTERM blocked, and the
+    # mask is inherited: SIGTERM would reach neither the IOC (no clean shutdown) nor
+    # its scripts (every STOP would end in SIGKILL). Start from an empty mask.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
     from bgrscrpt_ioc.state_db import VarDirInUse

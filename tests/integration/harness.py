@@ -41,6 +41,7 @@ class Ioc:
         slots: int = 2,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ):
         self.prefix = prefix
         self.port = port
@@ -49,6 +50,7 @@ class Ioc:
         self.slots = slots
         self.args = args or []
         self.extra_env = env or {}
+        self.preexec_fn = preexec_fn
         self.proc: subprocess.Popen | None = None
         self.log_path = var_dir.parent / f"ioc-{port}-{int(time.time() * 1000)}.out"
 
@@ -83,6 +85,7 @@ class Ioc:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=self.preexec_fn,
         )
         if wait:
             self.wait_ready()

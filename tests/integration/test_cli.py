@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -371,3 +372,35 @@ def test_log_has_no_traceback_with_the_default_beacon_settings_or_no_repeater(
     said = [line for line in refused.output().splitlines() if "beacon" in line.lower()]
     assert len(said) == 1, refused.output()
     assert "127.0.0.1" in said[0] and "WARNING" in said[0], said
+
+
+# ---- started the way procServ 2.7 starts it -----------------------------------------------
+
+MASK_SCRIPT = """
+import time
+for line in open("/proc/self/status"):
+    if line.startswith("SigBlk:"):
+        print("blocked", line.split()[1], flush=True)
+while True:
+    time.sleep(0.2)
+"""
+
+
+def _block_like_procserv() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM})
+
+
+def test_an_inherited_blocked_sigterm_is_cleared_for_the_ioc_and_its_scripts(make_ioc, config_dir):
+    """procServ 2.7 starts its child with SIGHUP, SIGPIPE and SIGTERM blocked."""
+    write_script(config_dir, "background_script.py", MASK_SCRIPT)
+    ioc = make_ioc(preexec_fn=_block_like_procserv).start()
+    ioc.wait_status("RUNNING")
+    log = wait_for(
+        lambda: re.search(r"blocked (\w+)", ioc.get("BGRSCRPT_01:LOG", as_string=True) or ""),
+        10,
+        "the script's signal mask in LOG",
+    )
+    assert int(log.group(1), 16) == 0
+    pid = ioc.get("BGRSCRPT_01:PID")
+    assert ioc.stop(timeout=20) == 0  # raises if SIGTERM did not end it
+    assert process_gone(pid)
