@@ -1,6 +1,7 @@
 # bgrscrpt_ioc — everything a newcomer needs, from nothing.
 #   make run    the IOC on the embedded default configuration (scripts/, var/)
 #   make test   the whole test suite (installs procServ and Chromium when root)
+#   make demo   a whole simulated instrument on this machine (Ctrl-C stops it)
 #   make bench  measure, and write BENCHMARKS.md
 #   make lint   ruff and mypy
 
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 export EPICS_CA_AUTO_ADDR_LIST ?= NO
 export EPICS_CA_ADDR_LIST ?= 127.0.0.1
 
-.PHONY: run test bench lint system-deps clean
+.PHONY: run demo test bench lint system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed as $(PYTHON)")'
@@ -22,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	$(PY) -m bgrscrpt_ioc --config-dir scripts --var-dir var
+
+# The demo runs without procServ too (it says what is missing), so no system-deps here.
+demo: $(VENV)/.installed
+	$(PY) -m demo
 
 system-deps:
 	@bash .ci/system-deps

@@ -1,0 +1,1 @@
+"""``bgrscrpt``: the operator's command line, supervisorctl-like, over Channel Access."""

@@ -1,0 +1,5 @@
+import sys
+
+from bgrscrpt_ioc.ctl.cli import main
+
+sys.exit(main())

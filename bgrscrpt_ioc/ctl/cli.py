@@ -1,0 +1,251 @@
+"""``bgrscrpt``: look at and control a bgrscrpt_ioc over Channel Access.
+
+Exit status: 0 done; 1 the action did not take effect, or no IOC answered (one
+line on stderr says why); 2 a bad command line; 3 ``status`` found a slot down
+on its own (BACKOFF, EXITED, FATAL) or a watch FAILED or in LOCKOUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+from . import commands
+from .ca import CaError, Client
+from .commands import Failed, SlotRow, WatchRow
+from .style import Style, use_colour
+
+PROG = "bgrscrpt"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Status and control of the background scripts of a bgrscrpt_ioc, "
+        "over Channel Access (EPICS_CA_ADDR_LIST etc. say where the IOC is).",
+    )
+    p.add_argument("--prefix", default=None, help="PV prefix (default: $MYPVPREFIX, else empty)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="seconds an action may take to show its effect (default 20)",
+    )
+    p.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colour the output (default: on a terminal, unless NO_COLOR is set)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="settings file naming the [[watch]] entries status shows "
+        "(default: $ICPINSTSCRIPTROOT/bgrscrpt.toml if it exists)",
+    )
+    p.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a watch for status to show (repeatable; added to those in --config)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("status", help="a table of the slots and watches")
+    s.add_argument("names", nargs="*", metavar="NAME", help="only these slots (NN) or watches")
+    for verb, what in (
+        ("start", "start a slot's script and wait until it runs"),
+        ("stop", "stop a slot's script and wait until it has stopped"),
+        ("restart", "stop then start a slot's script; wait for the new run"),
+    ):
+        sub.add_parser(verb, help=what).add_argument("slot", metavar="NN")
+    lg = sub.add_parser("log", help="the last lines of a slot's output (LOG)")
+    lg.add_argument("slot", metavar="NN")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    w = sub.add_parser("watch", help="enable, disable or restart an alarm-recovery watch")
+    w.add_argument("action", choices=["enable", "disable", "restart"])
+    w.add_argument("name", metavar="NAME")
+    return p
+
+
+def _watch_names(args: argparse.Namespace) -> list[str]:
+    """Watches named on the command line, then those of the settings file."""
+    names = list(args.watch)
+    path = args.config
+    if path is None and os.environ.get("ICPINSTSCRIPTROOT"):
+        candidate = Path(os.environ["ICPINSTSCRIPTROOT"]) / "bgrscrpt.toml"
+        path = candidate if candidate.is_file() else None
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"--config {path}: {exc}") from None
+        for entry in data.get("watch", []):
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                names.append(entry["name"])
+    return list(dict.fromkeys(names))
+
+
+def _uptime(seconds: int) -> str:
+    hours, rest = divmod(max(0, int(seconds)), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _table(rows: list[list[str]], style: Style, state_col: set[int]) -> list[str]:
+    """Left-aligned columns; state columns coloured after padding, so they still line up."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, row in enumerate(rows):
+        cells = []
+        for i, cell in enumerate(row):
+            last = i == len(row) - 1
+            width = 0 if last else widths[i]
+            if n == 0:
+                cells.append(style.bold(cell.ljust(width)))
+            elif i in state_col:
+                cells.append(style.state(cell, width))
+            else:
+                cells.append(cell.ljust(width))
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def _status(client: Client, args: argparse.Namespace, style: Style) -> int:
+    commands.check_ioc(client)
+    ioc = commands.read_ioc(client)
+    wanted = set(args.names)
+    slot_filter = set()
+    watch_filter = set()
+    for name in wanted:
+        try:
+            slot_filter.add(commands.slot_name(name))
+        except ValueError:
+            watch_filter.add(name)
+    slots_available = commands.find_slots(client)
+    slot_names = [s for s in slots_available if not wanted or s in slot_filter]
+    missing = sorted(slot_filter - set(slots_available))
+    if missing:
+        raise Failed(
+            f"{missing[0]}: no such slot on this IOC (slots: {', '.join(slots_available)})"
+        )
+    watch_names = [w for w in _watch_names(args) if not wanted or w in watch_filter]
+    watch_names += [w for w in sorted(watch_filter) if w not in watch_names]
+    slots: list[SlotRow] = [commands.read_slot(client, s) for s in slot_names]
+    watches: list[WatchRow] = []
+    for name in watch_names:
+        commands.check_watch(client, name)
+        watches.append(commands.read_watch(client, name))
+
+    print(
+        style.bold(f"IOC {client.prefix or '(no prefix)'}")
+        + f"  version {ioc.version}, up {_uptime(ioc.uptime)}"
+    )
+    if slots:
+        rows = [["SLOT", "STATUS", "PID", "UPTIME", "STARTS", "MESSAGE"]]
+        for s in slots:
+            running = s.status in commands.RUNNING_STATES
+            rows.append([
+                s.name,
+                s.status,
+                str(s.pid) if s.pid else "-",
+                _uptime(s.uptime) if running else "-",
+                str(s.starts),
+                s.msg,
+            ])  # fmt: skip
+        print("\n".join(_table(rows, style, {1})))
+    if watches:
+        rows = [["WATCH", "STATE", "ALARM", "ENABLE", "RESTARTS", "LAST RESTART", "MESSAGE"]]
+        for w in watches:
+            rows.append(
+                [w.name, w.state, w.alarm, w.enable, str(w.restarts), w.last_restart or "-", w.msg]
+            )
+        print("\n".join(_table(rows, style, {1, 2})))
+    return 3 if commands.needs_attention(slots, watches) else 0
+
+
+def _log(client: Client, args: argparse.Namespace, style: Style) -> int:
+    slot = commands.slot_name(args.slot)
+    text = commands.log_text(client, slot)
+    if text:
+        print(text.rstrip("\n"), flush=True)
+    if not args.follow:
+        return 0
+    lost = False
+    try:
+        for line in commands.follow_log(client, slot, text):
+            if line is None:
+                if not lost:
+                    warning = f"{PROG}: {slot}: connection to the IOC lost; waiting"
+                    print(style.error(warning), file=sys.stderr, flush=True)
+                lost = True
+            else:
+                lost = False
+                print(line, flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow ends
+    return 0
+
+
+def _run(args: argparse.Namespace, style: Style) -> int:
+    prefix = args.prefix if args.prefix is not None else os.environ.get("MYPVPREFIX", "")
+    # Never closed: the process ends with the command, and caproto's disconnect
+    # would wait out its search threads (about 2 s) for nothing.
+    client = Client(prefix)
+    if args.command == "status":
+        return _status(client, args, style)
+    if args.command == "log":
+        return _log(client, args, style)
+    if args.command == "watch":
+        if args.action == "restart":
+            text = commands.watch_restart(client, args.name, args.timeout)
+        else:
+            text = commands.watch_enable(client, args.name, args.action == "enable", args.timeout)
+    else:
+        action = {"start": commands.start, "stop": commands.stop, "restart": commands.restart}
+        text = action[args.command](client, commands.slot_name(args.slot), args.timeout)
+    print(style.ok(text))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.timeout <= 0:
+            raise UsageError("--timeout must be a positive number of seconds")
+        if args.command in ("start", "stop", "restart", "log"):
+            commands.slot_name(args.slot)  # a bad slot is a usage error, before any CA
+    except (UsageError, ValueError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    style = Style(use_colour(sys.stdout, args.color))
+    err_style = Style(use_colour(sys.stderr, args.color))
+    try:
+        return _run(args, style)
+    except (Failed, CaError) as exc:
+        print(err_style.error(f"{PROG}: {exc}"), file=sys.stderr)
+        return 1
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `bgrscrpt log -f | head`: the reader went away; nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # e.g. no network to search on
+        print(err_style.error(f"{PROG}: {exc.strerror or exc}"), file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""``python -m demo`` (``make demo``): a whole simulated instrument on one machine."""

@@ -1,0 +1,75 @@
+"""The CLI's pure parts: following a sliding LOG window, slot names, colour choice."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from bgrscrpt_ioc.ctl.commands import slot_name
+from bgrscrpt_ioc.ctl.logtail import log_lines, new_lines
+from bgrscrpt_ioc.ctl.style import Style, use_colour
+
+
+def window(first: int, last: int) -> list[str]:
+    return [f"line {n}" for n in range(first, last + 1)]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (window(1, 20), window(2, 21), window(21, 21)),  # moved on by one
+        (window(1, 20), window(6, 25), window(21, 25)),  # by five
+        (window(1, 20), window(1, 20), []),  # nothing new
+        (window(1, 3), window(1, 5), window(4, 5)),  # still filling up
+        (window(1, 20), window(30, 49), window(30, 49)),  # more than a window arrived
+        ([], window(1, 3), window(1, 3)),  # the first update
+        (window(1, 20), [], []),  # cleared
+    ],
+)
+def test_new_lines(old, new, expected):
+    assert new_lines(old, new) == expected
+
+
+def test_followed_windows_read_as_one_stream():
+    stream, shown = [], []
+    for end in (3, 3, 7, 20, 21, 40, 41, 80):
+        text = "\n".join(window(max(1, end - 19), end)) + "\n"
+        lines = log_lines(text)
+        stream += new_lines(shown, lines)
+        shown = lines
+    numbers = [int(line.split()[1]) for line in stream]
+    assert numbers == sorted(set(numbers)) and numbers[-1] == 80
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("1", "BGRSCRPT_01"), ("01", "BGRSCRPT_01"), ("12", "BGRSCRPT_12"),
+     ("BGRSCRPT_03", "BGRSCRPT_03"), ("bgrscrpt_3", "BGRSCRPT_03"), (" 2 ", "BGRSCRPT_02")],
+)  # fmt: skip
+def test_slot_names(text, name):
+    assert slot_name(text) == name
+
+
+@pytest.mark.parametrize("text", ["0", "00", "100", "abc", "BGRSCRPT_", "BGRSCRPT_1x", "-1", ""])
+def test_bad_slot_names(text):
+    with pytest.raises(ValueError, match="not a slot"):
+        slot_name(text)
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_only_where_wanted(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert use_colour(FakeTty(), "auto")
+    assert not use_colour(io.StringIO(), "auto")
+    assert use_colour(io.StringIO(), "always")
+    assert not use_colour(FakeTty(), "never")
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_colour(FakeTty(), "auto")
+    assert Style(True).state("FATAL", 8) == "\033[31mFATAL   \033[0m"
+    assert Style(False).state("FATAL", 8) == "FATAL   "
