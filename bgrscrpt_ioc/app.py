@@ -219,13 +219,11 @@ async def run_ioc(options: IocOptions) -> int:
                     on_change=changed,
                 )
             )
-        if options.settings.watches:
-            watches = WatchService(options.settings.watches, prefix=options.prefix, db=db)
+        # Always: DRYRUN and NAMES are served even when no [[watch]] is configured.
+        watches = WatchService(options.settings.watches, prefix=options.prefix, db=db)
         now = time.monotonic()
         pvdb, ioc_group, slot_groups = build_pvdb(
-            options.prefix,
-            [(r.name, r, r.view(now)) for r in runners],
-            watches.pvs if watches is not None else None,
+            options.prefix, [(r.name, r, r.view(now)) for r in runners], watches.pvs
         )
         settings = options.settings
         if settings.write_hosts is not None or settings.write_users is not None:
@@ -257,8 +255,7 @@ async def run_ioc(options: IocOptions) -> int:
         for runner in runners:
             runner.start_if_present()
         publisher.changed()
-        if watches is not None:
-            await watches.start()
+        await watches.start()
 
         stopper = asyncio.create_task(stop_requested.wait())
         done, _ = await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)

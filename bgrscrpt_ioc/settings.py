@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, AutoRestart, Policy
-from bgrscrpt_ioc.core.watch import SEVERITY_NAMES, Level, WatchPolicy
+from bgrscrpt_ioc.core.watch import NAMES_LIMIT, SEVERITY_NAMES, Level, WatchPolicy
 
 
 class SettingsError(Exception):
@@ -222,6 +222,12 @@ class _Validator:
                     index, f"watch.{watch.name}", "name", "two watches have this name"
                 )
             names.add(watch.name)
+            if sum(len(name) + 1 for name in names) - 1 > NAMES_LIMIT:
+                raise self.watch_fail(
+                    index, f"watch.{watch.name}", "name",
+                    f"the watch names, space-separated, exceed the {NAMES_LIMIT} characters "
+                    "of BGRSCRPT:WATCH:NAMES: too many watches for one IOC",
+                )  # fmt: skip
             out.append(watch)
         return tuple(out)
 

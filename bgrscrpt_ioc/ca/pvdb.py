@@ -21,7 +21,8 @@ def build_pvdb(
     """Create the PV groups for ``start_server``.
 
     ``slots`` holds (slot name such as "BGRSCRPT_01", controller, initial view);
-    ``watches`` the alarm-recovery groups (``watch_pvs.build_watch_pvs``), if any.
+    ``watches`` the alarm-recovery groups (``watch_pvs.build_watch_pvs``; the IOC
+    always passes them, its IOC-wide DRYRUN and NAMES served even with no watch).
     Returns the merged pvdb, the IOC-wide group and the slot groups by slot
     name. Also keeps caproto's log of a refused put to one line.
     """
@@ -68,16 +69,13 @@ def pv_names(
 ) -> list[str]:
     """Every record name the IOC serves (no fields), for ``--list-pvs``.
 
-    ``watch_names`` are the ``[[watch]]`` names; with none there are no watch PVs.
-    Built from the same groups as the server, so the list cannot drift.
+    ``watch_names`` are the ``[[watch]]`` names; with none, only the IOC-wide watch
+    PVs (DRYRUN, NAMES). Built from the same groups as the server, so the list
+    cannot drift.
     """
     controller = _NoController()
-    watches = None
-    if watch_names:
-        nobody = _NoWatchController()
-        watches = build_watch_pvs(
-            prefix, [(name, nobody, WatchView()) for name in watch_names], nobody
-        )
+    nobody = _NoWatchController()
+    watches = build_watch_pvs(prefix, [(name, nobody, WatchView()) for name in watch_names], nobody)
     pvdb, _, _ = build_pvdb(
         prefix, [(slot, controller, SlotView()) for slot in slot_names], watches
     )

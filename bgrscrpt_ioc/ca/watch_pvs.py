@@ -13,12 +13,12 @@ from typing import Any, Protocol
 from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite, SubscriptionType
 from caproto.server import PVGroup, pvproperty
 
-from ..core.watch import ALARM_LABELS, WatchState
+from ..core.watch import ALARM_LABELS, NAMES_LIMIT, WatchState
 from .channels import CheckedEnum, describe_record, preset_alarm, preset_value
 from .slot_pvs import OFF_ON, char_waveform_text
 
 WATCH_GROUP = "BGRSCRPT:WATCH"
-"""Watch PVs live under ``f"{prefix}{WATCH_GROUP}:<name>:"``; DRYRUN under ``…:WATCH:``."""
+"""Watch PVs live under ``f"{prefix}{WATCH_GROUP}:<name>:"``; DRYRUN, NAMES under ``…:WATCH:``."""
 
 STATE_LABELS = tuple(state.name for state in WatchState)
 STATE_SEVERITY = {
@@ -214,8 +214,20 @@ class WatchPVs(PVGroup):
         }
 
 
+def names_text(names: list[str] | tuple[str, ...]) -> str:
+    """NAMES: the watch names separated by single spaces ("" when there are none)."""
+    text = " ".join(names)
+    if len(text) > NAMES_LIMIT:
+        raise ValueError(f"the watch names take {len(text)} characters; NAMES holds {NAMES_LIMIT}")
+    return text
+
+
 class WatchIocPVs(PVGroup):
-    """The IOC-wide watch PV: DRYRUN."""
+    """The IOC-wide watch PVs: DRYRUN, and NAMES (which watches this IOC has).
+
+    Served whether or not the settings hold a ``[[watch]]``, so a client can
+    always ask an IOC which watches it has.
+    """
 
     dryrun = pvproperty(
         name="DRYRUN",
@@ -226,14 +238,31 @@ class WatchIocPVs(PVGroup):
         record="bo",
         doc="Decide and log, but send no restart",
     )
+    names = pvproperty(
+        name="NAMES",
+        alarm_group="NAMES",
+        dtype=str,
+        value="",
+        max_length=NAMES_LIMIT,
+        read_only=True,
+        record="waveform",
+        doc="Names of the watches, space-separated",
+    )
 
-    def __init__(self, prefix: str, controller: DryRunController, dry_run: bool = False):
-        """``prefix`` is ``f"{P}BGRSCRPT:WATCH:"``."""
+    def __init__(
+        self,
+        prefix: str,
+        controller: DryRunController,
+        dry_run: bool = False,
+        names: list[str] | tuple[str, ...] = (),
+    ):
+        """``prefix`` is ``f"{P}BGRSCRPT:WATCH:"``; ``names`` the watches, in settings order."""
         self.controller = controller
         super().__init__(prefix)
         for channel in self.pvdb.values():
             describe_record(channel)
         preset_value(self.dryrun, OFF_ON[bool(dry_run)])
+        preset_value(self.names, names_text(names))
 
     @dryrun.putter
     async def dryrun(self, instance: Any, value: str) -> str:
@@ -265,9 +294,12 @@ def build_watch_pvs(
     dry_run: DryRunController,
     dry_run_on: bool = False,
 ) -> WatchPVSet:
-    """The DRYRUN group and one group per watch (name, controller, initial view)."""
+    """The IOC-wide group (DRYRUN, NAMES) and one group per watch (name, controller, view).
+
+    ``watches`` may be empty: the IOC-wide group is served all the same.
+    """
     base = f"{prefix}{WATCH_GROUP}:"
     return WatchPVSet(
-        WatchIocPVs(base, dry_run, dry_run_on),
+        WatchIocPVs(base, dry_run, dry_run_on, [name for name, _, _ in watches]),
         {name: WatchPVs(f"{base}{name}:", ctl, view) for name, ctl, view in watches},
     )

@@ -49,6 +49,9 @@ ALARM_LABELS: tuple[str, ...] = tuple(level.name for level in Level)
 SEVERITY_NAMES: tuple[str, ...] = ("MINOR", "MAJOR", "INVALID")
 """What the `severity` setting may say: trigger at or above this severity."""
 
+NAMES_LIMIT = 8192
+"""Characters of ``$(P)BGRSCRPT:WATCH:NAMES``: every watch name, separated by single spaces."""
+
 CONNECT_GRACE = 5.0
 """A PV never connected since the watch began counts as disconnected only after this."""
 

@@ -53,15 +53,16 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="settings file naming the [[watch]] entries status shows "
-        "(default: $ICPINSTSCRIPTROOT/bgrscrpt.toml if it exists)",
+        help="settings file naming [[watch]] entries for status to show besides those the "
+        "IOC lists in BGRSCRPT:WATCH:NAMES (default: $ICPINSTSCRIPTROOT/bgrscrpt.toml if it "
+        "exists; for an IOC without NAMES these are the only watches shown)",
     )
     p.add_argument(
         "--watch",
         action="append",
         default=[],
         metavar="NAME",
-        help="a watch for status to show (repeatable; added to those in --config)",
+        help="a watch for status to show (repeatable; added to the IOC's own and --config's)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("status", help="a table of the slots and watches")
@@ -141,13 +142,16 @@ def _status(client: Client, args: argparse.Namespace, style: Style) -> int:
         raise Failed(
             f"{missing[0]}: no such slot on this IOC (slots: {', '.join(slots_available)})"
         )
-    watch_names = [w for w in _watch_names(args) if not wanted or w in watch_filter]
-    watch_names += [w for w in sorted(watch_filter) if w not in watch_names]
-    slots: list[SlotRow] = [commands.read_slot(client, s) for s in slot_names]
-    watches: list[WatchRow] = []
+    # The IOC lists its watches in NAMES; an older one does not, and then only the
+    # watches named by --watch or the settings file are shown.
+    served = commands.served_watches(client)
+    watch_names = commands.watches_to_show(
+        served, _watch_names(args), sorted(watch_filter) if wanted else None
+    )
     for name in watch_names:
-        commands.check_watch(client, name)
-        watches.append(commands.read_watch(client, name))
+        commands.check_watch_in(client, name, served)
+    slots: list[SlotRow] = [commands.read_slot(client, s) for s in slot_names]
+    watches: list[WatchRow] = [commands.read_watch(client, name) for name in watch_names]
 
     print(
         style.bold(f"IOC {client.prefix or '(no prefix)'}")

@@ -58,10 +58,52 @@ def check_slot(client: Client, slot: str) -> None:
         raise Failed(f"{slot}: no such slot on this IOC (slots: {', '.join(find_slots(client))})")
 
 
+WATCH_NAMES = f"{WATCH_GROUP}:NAMES"
+"""The IOC's watch names, separated by single spaces (older IOCs do not serve it)."""
+
+
+def served_watches(client: Client) -> list[str] | None:
+    """The watches the IOC has, from NAMES, in its order; None when it serves no NAMES."""
+    if not client.connected(WATCH_NAMES, timeout=1.0):
+        return None
+    return str(client.value(WATCH_NAMES)).split()
+
+
+def no_such_watch(name: str, served: list[str] | None) -> Failed:
+    if served is None:
+        return Failed(f"watch {name}: no such watch on this IOC")
+    known = f"watches: {', '.join(served)}" if served else "it has no watches"
+    return Failed(f"watch {name}: no such watch on this IOC ({known})")
+
+
 def check_watch(client: Client, name: str) -> None:
+    """Fail unless the IOC has watch ``name``: by NAMES, or by its STATE on an older IOC."""
     check_ioc(client)
+    check_watch_in(client, name, served_watches(client))
+
+
+def check_watch_in(client: Client, name: str, served: list[str] | None) -> None:
+    """:func:`check_watch` with NAMES already read (``served``; None: the IOC serves none)."""
+    if served is not None and name not in served:
+        raise no_such_watch(name, served)
     if not client.connected(watch_prefix(name) + "STATE", timeout=1.0):
-        raise Failed(f"watch {name}: no such watch on this IOC")
+        raise no_such_watch(name, None)
+
+
+def watches_to_show(
+    served: list[str] | None, named: list[str], only: list[str] | None
+) -> list[str]:
+    """The watches ``status`` shows, in order.
+
+    ``served``: the IOC's NAMES (None: an IOC without NAMES, where only the
+    watches named here can be shown). ``named``: ``--watch`` and settings-file
+    names, added after the IOC's own. ``only``: the watch names given as
+    arguments, a filter (None: no filter; [] when only slots were asked for).
+    """
+    listed = list(dict.fromkeys([*(served or []), *named]))
+    if only is None:
+        return listed
+    return [w for w in listed if w in only] + [w for w in sorted(set(only)) if w not in listed]
 
 
 def find_slots(client: Client) -> list[str]:

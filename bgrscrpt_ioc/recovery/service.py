@@ -1,4 +1,8 @@
-"""Every watch of one IOC: one caproto client context, the monitors, the runners, DRYRUN."""
+"""Every watch of one IOC: one caproto client context, the monitors, the runners, DRYRUN.
+
+The IOC builds this whether or not its settings hold a ``[[watch]]``: DRYRUN and
+NAMES are served always, and with no watch nothing else happens.
+"""
 
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class WatchService:
         for runner in self.runners:
             runner.group = self.pvs.watches[runner.name]
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = False  # the client context was used (only then is there one to close)
 
     def dry_run(self) -> bool:
         return self._dry_run
@@ -79,6 +84,8 @@ class WatchService:
             if any(isinstance(v, str) for v in r.settings.values)
             for pv in r.settings.pvs
         }
+        if self._by_pv:
+            self._subscribed = True
         await self.monitor.add([pv for pv in self._by_pv if pv not in as_string])
         await self.monitor.add(as_string, as_string=True)
         if self.runners:
@@ -107,6 +114,8 @@ class WatchService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for runner in self.runners:
             await runner.close()
+        if not self._subscribed:
+            return  # caproto cannot disconnect a context that never searched
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self.monitor.close()

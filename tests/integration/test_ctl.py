@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from epics import dbr
 
 from tests.conftest import _free_port
 from tests.integration.conftest import write_script
@@ -192,7 +193,11 @@ def test_no_such_slot_and_bad_arguments(two_slots: Ioc):
     assert "not a slot" in failed_with(run_ctl(*p, "restart", "abc"), status=2)
     assert "not a slot" in failed_with(run_ctl(*p, "stop", "00"), status=2)
     failed_with(run_ctl(*p, "frobnicate"), status=2)
-    assert "no such watch" in failed_with(run_ctl(*p, "watch", "restart", "NOPE"))
+    # No [[watch]]: NAMES is empty, so every watch name is unknown, and says so.
+    assert two_slots.get("BGRSCRPT:WATCH:NAMES", as_string=True) == ""
+    for action in ("restart", "enable"):
+        line = failed_with(run_ctl(*p, "watch", action, "NOPE"))
+        assert line == "bgrscrpt: watch NOPE: no such watch on this IOC (it has no watches)"
     assert two_slots.status("BGRSCRPT_01") == "RUNNING"
 
 
@@ -256,6 +261,86 @@ def test_colour_on_a_terminal_only(two_slots: Ioc):
 
 
 # ---- watches -------------------------------------------------------------------
+
+# A watch that needs no other IOC: it watches the IOC's own UPTIME, which never
+# alarms, so it stays OK.
+SELF_WATCH = """
+[[watch]]
+name = "{name}"
+pvs = ["{prefix}BGRSCRPT:UPTIME"]
+disconnected = false
+restart = ["NO_SUCH_IOC"]
+via = "pv"
+"""
+
+
+def watch_rows(stdout: str) -> dict[str, list[str]]:
+    """The WATCH table of ``status``: name -> cells (up to the message)."""
+    lines = stdout.splitlines()
+    header = [i for i, line in enumerate(lines) if line.startswith("WATCH ")]
+    if not header:
+        return {}
+    return {line.split()[0]: line.split() for line in lines[header[0] + 1 :]}
+
+
+def test_status_lists_the_watches_of_a_remote_ioc(make_ioc, prefix):
+    from tests.integration.conftest import FAST_SETTINGS
+    from tests.integration.test_bad_input import ECA_NOWTACCESS, may_write, put_status
+
+    settings = FAST_SETTINGS + "".join(
+        SELF_WATCH.format(name=name, prefix=prefix) for name in ("ZF_MAG-1", "TEMP")
+    )
+    ioc = make_ioc(settings).start()
+    for name in ("ZF_MAG-1", "TEMP"):
+        wait_for(
+            lambda n=name: ioc.get(f"BGRSCRPT:WATCH:{n}:STATE", as_string=True) == "OK",
+            20,
+            f"watch {name} OK",
+        )
+    # NAMES, read through libca: the names in settings order; no client may write it.
+    assert ioc.get("BGRSCRPT:WATCH:NAMES", as_string=True) == "ZF_MAG-1 TEMP"
+    assert not may_write(ioc.pv("BGRSCRPT:WATCH:NAMES"))
+    assert put_status(ioc.pv("BGRSCRPT:WATCH:NAMES"), "X", dbr.STRING) == ECA_NOWTACCESS
+    assert ioc.get("BGRSCRPT:WATCH:NAMES", as_string=True) == "ZF_MAG-1 TEMP"
+    assert ioc.get("BGRSCRPT:WATCH:DRYRUN", as_string=True) == "Off"
+
+    # As from another machine: only the IOC's address and its prefix; no settings
+    # file, no --watch. The IOC itself says which watches it has.
+    env = {
+        "EPICS_CA_ADDR_LIST": f"127.0.0.1:{ioc.port}",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "MYPVPREFIX": ioc.prefix,
+        "ICPINSTSCRIPTROOT": "",
+    }
+    result = run_ctl("status", env=env)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    rows = watch_rows(result.stdout)
+    assert list(rows) == ["ZF_MAG-1", "TEMP"], result.stdout
+    assert rows["TEMP"][1:5] == ["OK", "NO_ALARM", "On", "0"], rows
+
+    # Names as arguments filter; --watch of a watch the IOC has adds no second row.
+    result = run_ctl("status", "TEMP", env=env)
+    assert result.returncode == 0, result.stderr
+    assert list(watch_rows(result.stdout)) == ["TEMP"]
+    assert "BGRSCRPT_01" not in result.stdout
+    result = run_ctl("status", "01", env=env)
+    assert result.returncode == 0, result.stderr
+    assert watch_rows(result.stdout) == {} and "BGRSCRPT_01" in result.stdout
+    result = run_ctl("--watch", "TEMP", "status", env=env)
+    assert list(watch_rows(result.stdout)) == ["ZF_MAG-1", "TEMP"]
+
+    # A name the IOC does not have: exit 1, one line naming the ones it has.
+    unknown = "bgrscrpt: watch NOPE: no such watch on this IOC (watches: ZF_MAG-1, TEMP)"
+    assert failed_with(run_ctl("--watch", "NOPE", "status", env=env)) == unknown
+    assert failed_with(run_ctl("status", "NOPE", env=env)) == unknown
+    for action in ("enable", "restart"):
+        assert failed_with(run_ctl("watch", action, "NOPE", env=env)) == unknown
+    assert ioc.get("BGRSCRPT:WATCH:TEMP:RESTART_CNT") == 0
+
+    # ...and one it has works by name alone.
+    result = run_ctl("watch", "enable", "TEMP", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("watch TEMP: enabled")
 
 
 @pytest.mark.skipif(shutil.which("procServ") is None, reason="procServ is not installed")

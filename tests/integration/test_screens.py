@@ -3,7 +3,8 @@
 Both formats are parsed as the display tools read them (every ``pv_name`` of a
 widget, a write action or a rule; BOY's rule ``pv``), their macros filled in as
 an operator's display would, and compared with ``--list-pvs`` of the real IOC
-started with three slots and a ``[[watch]]``.
+started with three slots and a ``[[watch]]`` (and with none: the watches' NAMES
+and DRYRUN are on the screens all the same).
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ def test_every_pv_of_the_committed_screens_is_served(served: set[str], suffix: s
     assert watch - served == set()
     # ...and together they show everything the IOC serves.
     assert served - main - watch == set()
-    assert any(n.endswith(":WATCH:DRYRUN") for n in watch)
-    assert not any(":WATCH:" in n for n in main)
+    # The IOC-wide watch PVs, served with or without watches, on both; the
+    # PVs of one watch only on the watch screen.
+    ioc_wide = {f"{PREFIX}BGRSCRPT:WATCH:DRYRUN", f"{PREFIX}BGRSCRPT:WATCH:NAMES"}
+    assert ioc_wide <= watch
+    assert {n for n in main if ":WATCH:" in n} == ioc_wide
 
 
 def test_the_committed_screens_are_what_the_generator_writes():
@@ -112,6 +116,21 @@ def test_screens_for_a_settings_file(tmp_path: Path):
         }
         assert names == served
     assert not (tmp_path / "out" / "bgrscrpt_watch.bob").exists()
+
+
+def test_screens_without_watches_still_show_names_and_dryrun(tmp_path: Path):
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "bgrscrpt.toml").write_text("")
+    served = list_pvs(config_dir, slots=1)
+    assert {n for n in served if ":WATCH:" in n} == {
+        f"{PREFIX}BGRSCRPT:WATCH:DRYRUN",
+        f"{PREFIX}BGRSCRPT:WATCH:NAMES",
+    }
+    for name, text in screens(1, []).items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        assert {expand(n, {"P": PREFIX}) for n in references(path)} == served, name
 
 
 def test_status_widgets_carry_alarm_colours():

@@ -1,5 +1,6 @@
 """Bad ``[[watch]]`` entries stop the real IOC before it starts: one line, exit 2,
-with the file, the line and the key. ``--list-pvs`` lists the watch PVs."""
+with the file, the line and the key. ``--list-pvs`` lists the watch PVs (DRYRUN and
+NAMES even with no watch)."""
 
 from __future__ import annotations
 
@@ -84,14 +85,27 @@ def test_list_pvs_names_the_watch_pvs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     names = result.stdout.split()
-    expected = {"IN:X:BGRSCRPT:WATCH:DRYRUN"} | {
+    expected = {"IN:X:BGRSCRPT:WATCH:DRYRUN", "IN:X:BGRSCRPT:WATCH:NAMES"} | {
         f"IN:X:BGRSCRPT:WATCH:{watch}:{pv}" for watch in ("ZF", "ZF2") for pv in WATCH_PVS
     }
     assert expected <= set(names)
     assert len(names) == len(set(names))
-    # without watches there are none
+    # without watches only the IOC-wide ones, served always
     bare = run_cli(["--list-pvs", "--prefix", "IN:X:"], cwd=tmp_path / "..")
-    assert not [n for n in bare.stdout.split() if ":WATCH:" in n]
+    assert {n for n in bare.stdout.split() if ":WATCH:" in n} == {
+        "IN:X:BGRSCRPT:WATCH:DRYRUN",
+        "IN:X:BGRSCRPT:WATCH:NAMES",
+    }
+
+
+def test_more_watch_names_than_names_holds(tmp_path):
+    # 41 characters a name with its space: the 200th no longer fits NAMES (8192).
+    names = [f"W{i:039d}" for i in range(200)]
+    text = "\n".join(GOOD.replace('"ZF"', f'"{name}"') for name in names)
+    (tmp_path / "bgrscrpt.toml").write_text(text)
+    result = run_cli(["--config-dir", str(tmp_path), "--list-pvs"], cwd=tmp_path)
+    message = one_line_error(result)
+    assert f"watch.{names[199]}.name" in message and "NAMES" in message, message
 
 
 def test_list_pvs_refuses_bad_watch_settings(tmp_path):

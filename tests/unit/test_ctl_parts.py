@@ -1,4 +1,5 @@
-"""The CLI's pure parts: following a sliding LOG window, slot names, colour choice."""
+"""The CLI's pure parts: following a sliding LOG window, slot names, which watches
+status shows, colour choice."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import io
 
 import pytest
 
-from bgrscrpt_ioc.ctl.commands import slot_name
+from bgrscrpt_ioc.ctl.commands import slot_name, watches_to_show
 from bgrscrpt_ioc.ctl.logtail import log_lines, new_lines
 from bgrscrpt_ioc.ctl.style import Style, use_colour
 
@@ -55,6 +56,27 @@ def test_slot_names(text, name):
 def test_bad_slot_names(text):
     with pytest.raises(ValueError, match="not a slot"):
         slot_name(text)
+
+
+@pytest.mark.parametrize(
+    ("served", "named", "only", "shown"),
+    [
+        # The IOC's NAMES, in its order; --watch/--config names added after them, once.
+        (["ZF", "TEMP"], [], None, ["ZF", "TEMP"]),
+        (["ZF", "TEMP"], ["TEMP", "EXTRA"], None, ["ZF", "TEMP", "EXTRA"]),
+        ([], [], None, []),
+        # Names given as arguments filter; only slots asked for: no watches.
+        (["ZF", "TEMP"], [], ["TEMP"], ["TEMP"]),
+        (["ZF", "TEMP"], [], ["NOPE", "ZF"], ["ZF", "NOPE"]),
+        (["ZF", "TEMP"], [], [], []),
+        # An IOC without NAMES: only the watches named, as before NAMES existed.
+        (None, ["ZF"], None, ["ZF"]),
+        (None, [], None, []),
+        (None, ["ZF"], ["TEMP"], ["TEMP"]),
+    ],
+)
+def test_watches_status_shows(served, named, only, shown):
+    assert watches_to_show(served, named, only) == shown
 
 
 class FakeTty(io.StringIO):

@@ -133,10 +133,13 @@ def test_same_record_names(templates, ioc):
     assert set(pv_names(PREFIX, SLOTS, WATCHES)) == set(templates)
 
 
-def test_no_watch_pvs_without_watches(templates):
+def test_without_watches_only_the_ioc_wide_watch_pvs(templates):
+    # bgrscrpt_watches.db is served always; bgrscrpt_watch.db once per watch.
+    ioc_wide = {record.name for record in parse_file(str(WATCHES_DB), {"P": PREFIX})}
+    assert ioc_wide == {f"{PREFIX}BGRSCRPT:WATCH:DRYRUN", f"{PREFIX}BGRSCRPT:WATCH:NAMES"}
     names = set(pv_names(PREFIX, SLOTS))
-    assert not any(":WATCH:" in name for name in names)
-    assert names == {name for name in templates if ":WATCH:" not in name}
+    assert {name for name in names if ":WATCH:" in name} == ioc_wide
+    assert names == {name for name in templates if ":WATCH:" not in name} | ioc_wide
 
 
 def test_same_record_types(templates, ioc):

@@ -1,12 +1,16 @@
-"""The watch PVs (ca/watch_pvs.py): puts become controller calls; bad puts change nothing."""
+"""The watch PVs (ca/watch_pvs.py): puts become controller calls; bad puts change nothing.
+
+NAMES lists the watches, in settings order, and no put changes it.
+"""
 
 from __future__ import annotations
 
 import pytest
-from caproto import AlarmSeverity, AlarmStatus, ChannelType
+from caproto import AccessRights, AlarmSeverity, AlarmStatus, ChannelType
 
+from bgrscrpt_ioc.ca.channels import is_read_only
 from bgrscrpt_ioc.ca.watch_pvs import WatchView, build_watch_pvs
-from bgrscrpt_ioc.core.watch import Level, WatchRefused, WatchState
+from bgrscrpt_ioc.core.watch import NAMES_LIMIT, Level, WatchRefused, WatchState
 
 
 class Controller:
@@ -119,3 +123,45 @@ async def test_publish_shows_the_view_with_state_and_alarm_severities(pvs):
     await group.publish(WatchView(state=int(WatchState.OK)))
     assert state.value == "OK"
     assert state.alarm.severity == AlarmSeverity.NO_ALARM
+
+
+# ---- NAMES: which watches the IOC has ----------------------------------------------
+
+
+def names_of(pvs) -> str:
+    return pv(pvs, "NAMES").value
+
+
+def test_names_lists_every_watch_in_order(controller):
+    watches = [(name, controller, WatchView()) for name in ("ZFMAGFLD", "TEMP_1", "flaky-2")]
+    pvs = build_watch_pvs("P:", watches, controller)
+    assert names_of(pvs) == "ZFMAGFLD TEMP_1 flaky-2"
+    channel = pv(pvs, "NAMES")
+    assert channel.data_type == ChannelType.CHAR
+    assert channel.record_type == "waveform"
+
+
+def test_names_is_empty_and_dryrun_served_without_watches(controller):
+    pvs = build_watch_pvs("P:", [], controller)
+    assert names_of(pvs) == ""
+    assert set(pvs.pvdb) == {"P:BGRSCRPT:WATCH:DRYRUN", "P:BGRSCRPT:WATCH:NAMES"}
+    assert pvs.watches == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "data_type"),
+    [("X Y", ChannelType.STRING), (65, ChannelType.CHAR), (1, ChannelType.LONG)],
+)
+async def test_names_refuses_every_put(pvs, value, data_type):
+    channel = pv(pvs, "NAMES")
+    assert is_read_only(channel)
+    assert AccessRights.WRITE not in channel.check_access("localhost", "anyone")
+    with pytest.raises(Exception):  # noqa: B017 - caproto's Forbidden, or a conversion error
+        await put(channel, value, data_type)
+    assert channel.value == "ZF"
+
+
+def test_names_that_do_not_fit_are_refused(controller):
+    many = [(f"W{i:039d}", controller, WatchView()) for i in range(NAMES_LIMIT // 41 + 1)]
+    with pytest.raises(ValueError, match="NAMES holds"):
+        build_watch_pvs("P:", many, controller)
