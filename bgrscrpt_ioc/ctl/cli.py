@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="settings file naming [[watch]] entries for status to show besides those the "
-        "IOC lists in BGRSCRPT:WATCH:NAMES (default: $ICPINSTSCRIPTROOT/bgrscrpt.toml if it "
-        "exists; for an IOC without NAMES these are the only watches shown)",
+        "IOC lists in BGRSCRPT:WATCH:NAMES (for an IOC without NAMES, these and --watch "
+        "are the only watches shown)",
     )
     p.add_argument(
         "--watch",
@@ -85,10 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 def _watch_names(args: argparse.Namespace) -> list[str]:
     """Watches named on the command line, then those of the settings file."""
     names = list(args.watch)
+    # Only an explicit --config: the IOC lists its own watches (NAMES), and a local
+    # settings file found by default may well describe some other IOC.
     path = args.config
-    if path is None and os.environ.get("ICPINSTSCRIPTROOT"):
-        candidate = Path(os.environ["ICPINSTSCRIPTROOT"]) / "bgrscrpt.toml"
-        path = candidate if candidate.is_file() else None
     if path is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -364,8 +364,8 @@ def test_watch_commands(make_ioc, config_dir: Path, tmp_path: Path, port_pool, p
         p = ("--prefix", ioc.prefix)
         wait_for(lambda: ioc.get("BGRSCRPT:WATCH:SIM:STATE", as_string=True) == "OK", 20, "OK")
 
-        # status finds the watches in the settings file ($ICPINSTSCRIPTROOT) or --watch.
-        result = run_ctl(*p, "status", env={"ICPINSTSCRIPTROOT": str(config_dir)})
+        # status finds the watches named in a settings file (--config) or with --watch.
+        result = run_ctl(*p, "--config", str(config_dir / "bgrscrpt.toml"), "status")
         assert result.returncode == 0, result.stderr
         row = next(line.split() for line in result.stdout.splitlines() if line.startswith("SIM "))
         assert row[1:5] == ["OK", "NO_ALARM", "On", "0"], row
