@@ -123,7 +123,8 @@ def build_screen(
     plot_url_macro: str = "PLOT_URL",
     title: str = "Background scripts",
 ) -> Screen:
-    """The status screen: the IOC's own PVs, one section per slot, one per watch."""
+    """The status screen: the IOC's own PVs, one section per slot, the watches' header
+    (NAMES, DRYRUN: served even with no watch), one section per watch."""
     b = _Builder(pv_names(prefix, slots, watches))
     ioc = f"{prefix}{IOC_GROUP}:"
     y = 8
@@ -142,12 +143,11 @@ def build_screen(
     for slot in slots:
         _slot_section(b, prefix, slot, y, plot_url_macro)
         y += SLOT_HEIGHT
-    if watches:
-        _watch_header(b, prefix, y)
-        y += ROW + 6
-        for watch in watches:
-            _watch_section(b, prefix, watch, y)
-            y += WATCH_HEIGHT
+    _watch_header(b, prefix, y)
+    y += ROW + 6
+    for watch in watches:
+        _watch_section(b, prefix, watch, y)
+        y += WATCH_HEIGHT
     # Only defaults for the plot links: P always comes from whoever opens the
     # screen (BOY lets a display's own macros win over its parent's).
     macros = {}
@@ -208,11 +208,13 @@ def _watch_header(b: _Builder, prefix: str, y: int) -> None:
         "label",
         12,
         y + 3,
-        300,
+        190,
         text="Alarm-recovery watches",
         foreground=(255, 255, 255),
         bold=True,
     )
+    # Every watch of the IOC by name: the W macro of the watch screen takes one of them.
+    b.add("text", 206, y + 3, 430, pv=f"{prefix}{WATCH_GROUP}:NAMES")
     b.add("label", 650, y + 3, 170, text="Dry run (send nothing)", foreground=(255, 255, 255))
     b.add("combo", 822, y + 3, 80, pv=f"{prefix}{WATCH_GROUP}:DRYRUN")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,6 +11,12 @@ from pathlib import Path
 def kit_root() -> Path:
     """The installed kit directory: ``KIT_ROOT`` for scripts (holds ISIS/inst_servers/master)."""
     return Path(__file__).resolve().parent.parent / "kit"
+
+
+def compat_site_dir() -> Path:
+    """The directory put on a script's ``PYTHONPATH``: its ``sitecustomize`` appends the
+    compatibility modules (``genie_python``, ``technique``) to the end of ``sys.path``."""
+    return kit_root() / "site"
 
 
 def script_environment(
@@ -40,6 +47,10 @@ def script_environment(
         BGRSCRPT_IOC_NAME=slot,
         NOTIFY_SOCKET=notify_socket,
     )
+    # Only a sitecustomize goes in front; it appends the compat modules after
+    # site-packages, so a real genie_python installation always wins.
+    inherited = base.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(compat_site_dir()) + (os.pathsep + inherited if inherited else "")
     if not env.get("ICPVARDIR"):
         env["ICPVARDIR"] = str(var_dir)
     if macros is not None:

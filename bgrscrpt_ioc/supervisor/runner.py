@@ -267,6 +267,7 @@ class SlotRunner:
 
     def _on_exit(self, returncode: int) -> None:
         process, self.process = self.process, None
+        self.plot_url = ""  # the plot was served by the run that ended
         if process is not None:
             self.guardian.remove(process.pid)
             process.close()

@@ -1,0 +1,1 @@
+"""IBEX's instrument technique scripts, as far as background scripts need them (bgrscrpt_ioc)."""

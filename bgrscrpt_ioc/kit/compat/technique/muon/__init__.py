@@ -1,0 +1,1 @@
+"""Muon technique scripts: ``background_plot``."""

@@ -1,0 +1,27 @@
+"""Put bgrscrpt_ioc's compatibility modules at the END of a script's ``sys.path``.
+
+The IOC puts this directory on ``PYTHONPATH`` for its scripts. Appending (rather
+than listing the compat directory on ``PYTHONPATH`` itself) means that a real
+``genie_python`` or ``technique`` installation, anywhere on the normal path,
+is always found first. Any other ``sitecustomize`` this one shadows still runs.
+"""
+
+import contextlib
+import importlib
+import os
+import sys
+
+_here = os.path.dirname(os.path.abspath(__file__))
+_compat = os.path.join(os.path.dirname(_here), "compat")
+
+# This directory was only a way in: scripts should not see it on their path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+if _compat not in sys.path:
+    sys.path.append(_compat)
+
+# Chain to the sitecustomize this one hides (e.g. a distribution's), if any.
+_this = sys.modules.pop(__name__)
+with contextlib.suppress(ImportError):
+    importlib.import_module("sitecustomize")
+# site.py looks the module up again after importing it: leave one there.
+sys.modules.setdefault(__name__, _this)
