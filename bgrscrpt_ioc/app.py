@@ -97,16 +97,19 @@ class Publisher:
         self.heartbeat = 0
         self._dirty = asyncio.Event()
         self._log_shown: dict[str, tuple[str, float]] = {}
+        self._events: dict[str, tuple] = {}
 
     def changed(self) -> None:
         self._dirty.set()
 
-    def _log_due(self, slot: str, text: str, now: float) -> bool:
-        """LOG changes with every line a script prints: show it at most every LOG_INTERVAL."""
+    def _log_due(self, slot: str, text: str, now: float, event: tuple) -> bool:
+        """LOG changes with every line a script prints: show it at most every LOG_INTERVAL,
+        except with an event (a new state, PID or MSG), which must come with the output
+        that led to it: a traceback's last line and the MSG that quotes it, together."""
         shown, when = self._log_shown.get(slot, ("", -LOG_INTERVAL))
         if text == shown:
             return True
-        if now - when < LOG_INTERVAL:
+        if now - when < LOG_INTERVAL and self._events.get(slot) == event:
             return False
         self._log_shown[slot] = (text, now)
         return True
@@ -118,9 +121,11 @@ class Publisher:
             now = time.monotonic()
             for runner in self.runners:
                 view = runner.view(now)
-                if not self._log_due(runner.name, view.log, now):
+                event = (view.status, view.pid, view.msg)
+                if not self._log_due(runner.name, view.log, now, event):
                     view.log = self._log_shown[runner.name][0]
                     self._dirty.set()  # publish it on a later round
+                self._events[runner.name] = event
                 try:
                     await self.slot_groups[runner.name].publish(view)
                 except Exception:  # a publication problem must never stop the IOC

@@ -258,8 +258,12 @@ class SlotPVs(PVGroup):
         if not changed:
             return
         # STATUS goes last: a client that reacts to a new state finds MSG, PID and
-        # EXIT_CODE already telling the same story.
-        encoded = sorted(self._encode(view, only=changed).items(), key=lambda kv: kv[0] == "status")
+        # EXIT_CODE already telling the same story; MSG just before it, after the LOG
+        # whose last lines it quotes.
+        last = {"msg": 1, "status": 2}
+        encoded = sorted(
+            self._encode(view, only=changed).items(), key=lambda kv: last.get(kv[0], 0)
+        )
         for name, value in encoded:
             channel = self._channels[name]
             if name == "status":
