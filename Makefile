@@ -25,8 +25,9 @@ run: $(VENV)/.installed
 	$(PY) -m bgrscrpt_ioc --config-dir scripts --var-dir var
 
 # The demo runs without procServ too (it says what is missing), so no system-deps here.
+# DEMO_ARGS go to `python -m demo` (see `python -m demo --help`).
 demo: $(VENV)/.installed
-	$(PY) -m demo
+	$(PY) -m demo $(DEMO_ARGS)
 
 system-deps:
 	@bash .ci/system-deps

@@ -85,6 +85,9 @@ def setup_ca_environment(count: int) -> PortPool:
     for name in ("EPICS_CA_SERVER_PORT", "EPICS_CAS_SERVER_PORT", "EPICS_CAS_INTF_ADDR_LIST"):
         env.pop(name, None)
     env.pop("MYPVPREFIX", None)
+    # Measure what an installation runs: pip writes every module's .pyc at install
+    # time, so a script's start does not compile the IOC's sitecustomize each time.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env[TAG_VAR] = uuid.uuid4().hex
     return PortPool(ports)
 

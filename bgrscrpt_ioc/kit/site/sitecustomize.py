@@ -6,8 +6,8 @@ than listing the compat directory on ``PYTHONPATH`` itself) means that a real
 is always found first. Any other ``sitecustomize`` this one shadows still runs.
 """
 
-import contextlib
-import importlib
+# Only modules Python has loaded already by now: this runs before every script
+# starts, so it must cost next to nothing (start latency).
 import os
 import sys
 
@@ -21,7 +21,10 @@ if _compat not in sys.path:
 
 # Chain to the sitecustomize this one hides (e.g. a distribution's), if any.
 _this = sys.modules.pop(__name__)
-with contextlib.suppress(ImportError):
-    importlib.import_module("sitecustomize")
+# (try/except, not contextlib.suppress: contextlib is not loaded yet at this point.)
+try:  # noqa: SIM105
+    __import__("sitecustomize")
+except ImportError:  # none to chain to
+    pass
 # site.py looks the module up again after importing it: leave one there.
 sys.modules.setdefault(__name__, _this)
