@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from bgrscrpt_ioc.epics_base import base_ioc_environment
+
 REPO = Path(__file__).resolve().parent.parent
 DB_TEMPLATES = REPO / "db_templates"
 TAG_VAR = "BGRSCRPT_BENCH_TAG"
@@ -313,20 +315,7 @@ class BaseIoc:
 
     def start(self) -> BaseIoc:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update(
-            EPICS_CA_SERVER_PORT=str(self.port),
-            EPICS_CAS_SERVER_PORT=str(self.port),  # base takes this one first
-            EPICS_CAS_INTF_ADDR_LIST="127.0.0.1",
-            # Its pvAccess server (QSRV) too stays on loopback, on ports of its own.
-            EPICS_PVAS_INTF_ADDR_LIST="127.0.0.1",
-            EPICS_PVAS_SERVER_PORT=str(free_port()),
-            EPICS_PVAS_BROADCAST_PORT=str(free_port()),
-            EPICS_PVA_AUTO_ADDR_LIST="NO",
-            EPICS_PVA_ADDR_LIST="127.0.0.1",
-            EPICS_PVAS_AUTO_BEACON_ADDR_LIST="NO",
-            EPICS_PVAS_BEACON_ADDR_LIST="127.0.0.1",
-        )
+        env = base_ioc_environment(os.environ, self.port, free_port())
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.command(),

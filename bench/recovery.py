@@ -31,6 +31,8 @@ from typing import Any
 
 from caproto.sync.client import write
 
+from bgrscrpt_ioc.epics_base import base_ioc_environment
+
 from .common import (
     DB_TEMPLATES,
     BgrIoc,
@@ -63,19 +65,7 @@ GOAL_ACT_S = 1.0
 
 
 def _ioc_env(port: int) -> dict[str, str]:
-    pva = free_port()
-    return {
-        **os.environ,
-        "EPICS_CA_SERVER_PORT": str(port),
-        "EPICS_CAS_SERVER_PORT": str(port),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_SERVER_PORT": str(pva),
-        "EPICS_PVAS_BROADCAST_PORT": str(pva),
-        "EPICS_PVA_BROADCAST_PORT": str(pva),
-    }
+    return base_ioc_environment(os.environ, port)
 
 
 def _sim_args(prefix: str, devices: list[str]) -> list[str]:

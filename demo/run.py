@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from bgrscrpt_ioc.ctl.ca import Client, wait_until
+from bgrscrpt_ioc.epics_base import base_ioc_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "config"
@@ -122,23 +123,6 @@ class Child:
         except OSError:
             return ""
         return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-
-def _base_ioc_env(env: dict[str, str], port: int) -> dict[str, str]:
-    """An EPICS base IOC alone on ``port`` and on loopback only, for CA and PVA alike."""
-    pva = any_free_port()
-    return {
-        **env,
-        "EPICS_CA_SERVER_PORT": str(port),
-        "EPICS_CAS_SERVER_PORT": str(port),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_SERVER_PORT": str(pva),
-        "EPICS_PVAS_BROADCAST_PORT": str(pva),
-        "EPICS_PVA_BROADCAST_PORT": str(pva),
-    }
 
 
 def write_config(target: Path, prefix: str, procserv: str | None) -> Path:
@@ -259,7 +243,7 @@ class Demo:
                 os.path.abspath(py), "-m", "epicscorelibs.ioc",
                 "-m", f"P={self.prefix},DEV={FLAKY},RATE={FAULT_RATE:.5f}", "-d", str(SIM_DB),
             ]  # fmt: skip
-            self.flaky = self.spawn(FLAKY, flaky, _base_ioc_env(self.env, self.flaky_port))
+            self.flaky = self.spawn(FLAKY, flaky, base_ioc_environment(self.env, self.flaky_port))
         ioc = self.spawn(
             "bgrscrpt_ioc",
             [py, "-m", "bgrscrpt_ioc", "--prefix", self.prefix, "--config-dir", str(config_dir),

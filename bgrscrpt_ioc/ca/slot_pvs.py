@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn, Protocol
 
-from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite, SubscriptionType
+from caproto import AlarmSeverity, SkipWrite, SubscriptionType
 from caproto.server import PVGroup, pvproperty
 
 from ..core.slot import AUTORESTART_LABELS, SlotState
+from . import properties as props
 from .channels import (
     CheckedDouble,
     CheckedEnum,
@@ -26,7 +27,6 @@ from .channels import (
     preset_value,
 )
 
-OFF_ON = ("Off", "On")
 NO_YES = ("No", "Yes")
 STATUS_LABELS = tuple(state.name for state in SlotState)
 STATUS_SEVERITY = {
@@ -90,85 +90,19 @@ def char_waveform_text(text: str, limit: int, *, keep_end: bool = False) -> str:
     return raw.decode("latin-1")
 
 
-def _state_alarm(status: int) -> tuple[AlarmStatus, AlarmSeverity]:
-    severity = STATUS_SEVERITY.get(SlotState(status), AlarmSeverity.NO_ALARM)
-    if severity == AlarmSeverity.NO_ALARM:
-        return AlarmStatus.NO_ALARM, severity
-    return AlarmStatus.STATE, severity
-
-
-# Every PV gets its own alarm_group: caproto otherwise gives a whole PVGroup one alarm.
-
-
-def _command(name: str, doc: str) -> pvproperty:
-    return pvproperty(
-        name=name,
-        dtype=CheckedEnum,
-        enum_strings=OFF_ON,
-        value="Off",
-        record="bo",
-        doc=doc,
-        alarm_group=name,
-    )
-
-
-def _counter(name: str, doc: str, **kwargs: Any) -> pvproperty:
-    return pvproperty(
-        name=name,
-        dtype=int,
-        value=0,
-        read_only=True,
-        record="longin",
-        doc=doc,
-        alarm_group=name,
-        **kwargs,
-    )
-
-
-def _text(name: str, doc: str) -> pvproperty:
-    return pvproperty(
-        name=name,
-        dtype=str,
-        value="",
-        max_length=TEXT_LIMITS[name.lower()],
-        read_only=True,
-        record="waveform",
-        doc=doc,
-        alarm_group=name,
-    )
-
-
 class SlotPVs(PVGroup):
     """PVs of one slot: commands and settings in, the slot's state out."""
 
-    start = _command("START", "Start the script")
-    stop = _command("STOP", "Stop the script")
-    restart = _command("RESTART", "Stop, then start the script")
-    status = pvproperty(
-        name="STATUS",
-        alarm_group="STATUS",
-        dtype=ChannelType.ENUM,
-        enum_strings=STATUS_LABELS,
-        value=STATUS_LABELS[0],
-        read_only=True,
-        record="mbbi",
-        doc="Supervision state of the script",
-    )
-    heartbeat = _counter("HEARTBEAT", "+1 per second while running and healthy")
-    pid = _counter("PID", "PID of the script, 0 when none")
-    start_cnt = _counter("START_CNT", "Starts since the IOC started")
-    exit_code = _counter("EXIT_CODE", "Last exit status, -N for signal N")
-    uptime = _counter("UPTIME", "Seconds since the current run started", units="s")
-    registered = pvproperty(
-        name="REGISTERED",
-        alarm_group="REGISTERED",
-        dtype=ChannelType.ENUM,
-        enum_strings=NO_YES,
-        value=NO_YES[0],
-        read_only=True,
-        record="bi",
-        doc="Script called register_ioc_start",
-    )
+    start = props.switch("START", "Start the script")
+    stop = props.switch("STOP", "Stop the script")
+    restart = props.switch("RESTART", "Stop, then start the script")
+    status = props.state("STATUS", STATUS_LABELS, "Supervision state of the script")
+    heartbeat = props.counter("HEARTBEAT", "+1 per second while running and healthy")
+    pid = props.counter("PID", "PID of the script, 0 when none")
+    start_cnt = props.counter("START_CNT", "Starts since the IOC started")
+    exit_code = props.counter("EXIT_CODE", "Last exit status, -N for signal N")
+    uptime = props.counter("UPTIME", "Seconds since the current run started", units="s")
+    registered = props.state("REGISTERED", NO_YES, "Script called register_ioc_start", record="bi")
     autorestart = pvproperty(
         name="AUTORESTART",
         alarm_group="AUTORESTART",
@@ -192,11 +126,13 @@ class SlotPVs(PVGroup):
         lower_disp_limit=0.0,
         upper_disp_limit=WATCHDOG_MAX,
     )
-    script = _text("SCRIPT", "Absolute path of the script")
-    msg = _text("MSG", "Last event in words")
+    script = props.text("SCRIPT", "Absolute path of the script", TEXT_LIMITS["script"])
+    msg = props.text("MSG", "Last event in words", TEXT_LIMITS["msg"])
     # Not "log": PVGroup.log is the group's logger.
-    script_log = _text("LOG", "Last 20 lines of the script output")
-    plot_url = _text("PLOT_URL", "URL of the live plot, empty if none")
+    script_log = props.text("LOG", "Last 20 lines of the script output", TEXT_LIMITS["log"])
+    plot_url = props.text(
+        "PLOT_URL", "URL of the live plot, empty if none", TEXT_LIMITS["plot_url"]
+    )
 
     def __init__(self, prefix: str, controller: SlotController, view: SlotView):
         self.controller = controller
@@ -211,7 +147,9 @@ class SlotPVs(PVGroup):
             )
         for name, value in self._encode(view).items():
             preset_value(self._channels[name], value)
-        preset_alarm(self._channels["status"], *_state_alarm(view.status))
+        preset_alarm(
+            self._channels["status"], *props.state_alarm(STATUS_SEVERITY, SlotState(view.status))
+        )
         self._shown = replace(view)
 
     # ---- puts --------------------------------------------------------------
@@ -267,7 +205,7 @@ class SlotPVs(PVGroup):
         for name, value in encoded:
             channel = self._channels[name]
             if name == "status":
-                status, severity = _state_alarm(view.status)
+                status, severity = props.state_alarm(STATUS_SEVERITY, SlotState(view.status))
                 if (status, severity) != (channel.alarm.status, channel.alarm.severity):
                     # One event carrying value and alarm; DBE_ALARM so alarm-only
                     # subscribers (alarm servers) hear it too.

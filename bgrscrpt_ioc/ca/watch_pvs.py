@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
-from caproto import AlarmSeverity, AlarmStatus, ChannelType, SkipWrite, SubscriptionType
+from caproto import AlarmSeverity, ChannelType, SkipWrite, SubscriptionType
 from caproto.server import PVGroup, pvproperty
 
 from ..core.watch import ALARM_LABELS, NAMES_LIMIT, WatchState
-from .channels import CheckedEnum, describe_record, preset_alarm, preset_value
-from .slot_pvs import OFF_ON, char_waveform_text
+from . import properties as props
+from .channels import describe_record, preset_alarm, preset_value
+from .properties import OFF_ON
+from .slot_pvs import char_waveform_text
 
 WATCH_GROUP = "BGRSCRPT:WATCH"
 """Watch PVs live under ``f"{prefix}{WATCH_GROUP}:<name>:"``; DRYRUN, NAMES under ``…:WATCH:``."""
@@ -63,64 +65,14 @@ class DryRunController(Protocol):
     def set_dry_run(self, dry_run: bool) -> None: ...
 
 
-def _enum_alarm(
-    severities: dict[Any, AlarmSeverity], index: int
-) -> tuple[AlarmStatus, AlarmSeverity]:
-    severity = severities.get(index, AlarmSeverity.NO_ALARM)
-    status = AlarmStatus.NO_ALARM if severity == AlarmSeverity.NO_ALARM else AlarmStatus.STATE
-    return status, severity
-
-
 class WatchPVs(PVGroup):
     """PVs of one watch. Each PV has its own alarm_group (caproto shares one otherwise)."""
 
-    state = pvproperty(
-        name="STATE",
-        alarm_group="STATE",
-        dtype=ChannelType.ENUM,
-        enum_strings=STATE_LABELS,
-        value=STATE_LABELS[0],
-        read_only=True,
-        record="mbbi",
-        doc="State of the watch",
-    )
-    alarm = pvproperty(
-        name="ALARM",
-        alarm_group="ALARM",
-        dtype=ChannelType.ENUM,
-        enum_strings=ALARM_LABELS,
-        value=ALARM_LABELS[0],
-        read_only=True,
-        record="mbbi",
-        doc="Worst severity of the watched PVs",
-    )
-    enable = pvproperty(
-        name="ENABLE",
-        alarm_group="ENABLE",
-        dtype=CheckedEnum,
-        enum_strings=OFF_ON,
-        value="On",
-        record="bo",
-        doc="Watch on; On again clears LOCKOUT",
-    )
-    restart = pvproperty(
-        name="RESTART",
-        alarm_group="RESTART",
-        dtype=CheckedEnum,
-        enum_strings=OFF_ON,
-        value="Off",
-        record="bo",
-        doc="Restart the watched IOCs now",
-    )
-    restart_cnt = pvproperty(
-        name="RESTART_CNT",
-        alarm_group="RESTART_CNT",
-        dtype=int,
-        value=0,
-        read_only=True,
-        record="longin",
-        doc="Restarts sent by this watch",
-    )
+    state = props.state("STATE", STATE_LABELS, "State of the watch")
+    alarm = props.state("ALARM", ALARM_LABELS, "Worst severity of the watched PVs")
+    enable = props.switch("ENABLE", "Watch on; On again clears LOCKOUT", value="On")
+    restart = props.switch("RESTART", "Restart the watched IOCs now")
+    restart_cnt = props.counter("RESTART_CNT", "Restarts sent by this watch")
     last_restart = pvproperty(
         name="LAST_RESTART",
         alarm_group="LAST_RESTART",
@@ -130,16 +82,7 @@ class WatchPVs(PVGroup):
         record="stringin",
         doc="Time of the last restart (ISO)",
     )
-    msg = pvproperty(
-        name="MSG",
-        alarm_group="MSG",
-        dtype=str,
-        value="",
-        max_length=MSG_LIMIT,
-        read_only=True,
-        record="waveform",
-        doc="Last event in words",
-    )
+    msg = props.text("MSG", "Last event in words", MSG_LIMIT)
 
     def __init__(self, prefix: str, controller: WatchController, view: WatchView):
         """``prefix`` is the whole record prefix, e.g. ``f"{P}BGRSCRPT:WATCH:ZF:"``."""
@@ -157,8 +100,8 @@ class WatchPVs(PVGroup):
                 describe_record(channel)
         for name, value in self._encode(view).items():
             preset_value(self._channels[name], value)
-        preset_alarm(self._channels["state"], *_enum_alarm(STATE_SEVERITY, view.state))
-        preset_alarm(self._channels["alarm"], *_enum_alarm(ALARM_SEVERITY, view.alarm))
+        preset_alarm(self._channels["state"], *props.state_alarm(STATE_SEVERITY, view.state))
+        preset_alarm(self._channels["alarm"], *props.state_alarm(ALARM_SEVERITY, view.alarm))
         self._shown = replace(view)
 
     @enable.putter
@@ -189,7 +132,7 @@ class WatchPVs(PVGroup):
                 "alarm": ALARM_SEVERITY,
             }.get(name)
             if severities is not None:
-                status, severity = _enum_alarm(severities, getattr(view, name))
+                status, severity = props.state_alarm(severities, getattr(view, name))
                 if (status, severity) != (channel.alarm.status, channel.alarm.severity):
                     await channel.write(
                         encoded[name],
@@ -229,25 +172,8 @@ class WatchIocPVs(PVGroup):
     always ask an IOC which watches it has.
     """
 
-    dryrun = pvproperty(
-        name="DRYRUN",
-        alarm_group="DRYRUN",
-        dtype=CheckedEnum,
-        enum_strings=OFF_ON,
-        value="Off",
-        record="bo",
-        doc="Decide and log, but send no restart",
-    )
-    names = pvproperty(
-        name="NAMES",
-        alarm_group="NAMES",
-        dtype=str,
-        value="",
-        max_length=NAMES_LIMIT,
-        read_only=True,
-        record="waveform",
-        doc="Names of the watches, space-separated",
-    )
+    dryrun = props.switch("DRYRUN", "Decide and log, but send no restart")
+    names = props.text("NAMES", "Names of the watches, space-separated", NAMES_LIMIT)
 
     def __init__(
         self,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import epics
 
+from bgrscrpt_ioc.epics_base import base_ioc_environment
+from bgrscrpt_ioc.epics_base import free_loopback_port as free_tcp_port
 from tests.integration.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,27 +28,9 @@ SIM_DB = ROOT / "db_templates" / "sim_device.db"
 PROCSERV = "/usr/bin/procServ"
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def base_ioc_env(port: int) -> dict[str, str]:
     """An EPICS base IOC alone on ``port`` (CA) and on loopback only (CA and PVA)."""
-    pva = free_tcp_port()
-    return {
-        **os.environ,
-        "EPICS_CA_SERVER_PORT": str(port),
-        "EPICS_CAS_SERVER_PORT": str(port),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_SERVER_PORT": str(pva),
-        "EPICS_PVAS_BROADCAST_PORT": str(pva),
-        "EPICS_PVA_BROADCAST_PORT": str(pva),
-    }
+    return base_ioc_environment(os.environ, port)
 
 
 def sim_command(prefix: str, devices: list[str], **macros: str) -> list[str]:

@@ -23,6 +23,7 @@ from bgrscrpt_ioc.ca.dbparse import DbSyntaxError, Record, parse, parse_file
 from bgrscrpt_ioc.ca.pvdb import build_pvdb, pv_names
 from bgrscrpt_ioc.ca.slot_pvs import SlotView
 from bgrscrpt_ioc.ca.watch_pvs import WatchView, build_watch_pvs
+from bgrscrpt_ioc.epics_base import base_ioc_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOT_DB = ROOT / "db_templates" / "bgrscrpt.db"
@@ -251,20 +252,11 @@ def test_epics_base_loads_the_templates_as_written():
     templates = template_records(prefix)
     ca_port, pva_port = _free_port(), _free_port()
     env = {
-        **os.environ,
-        "EPICS_CA_SERVER_PORT": str(ca_port),
-        "EPICS_CAS_SERVER_PORT": str(ca_port),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        **base_ioc_environment(os.environ, ca_port, pva_port),
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
         "EPICS_CA_ADDR_LIST": "127.0.0.1",
         "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
         "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_SERVER_PORT": str(pva_port),
-        "EPICS_PVAS_BROADCAST_PORT": str(pva_port),
-        "EPICS_PVA_BROADCAST_PORT": str(pva_port),
     }
     wanted = [(name, field) for name, record in templates.items() for field in record.fields]
     commands = ['ioc("dbl")'] + [f'ioc("dbgf {name}.{field}")' for name, field in wanted]
