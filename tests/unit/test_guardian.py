@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from bgrscrpt_ioc.supervisor.guardian import Guardian
+from tests.unit.processes import TIMEOUT, gone, wait_gone
 
 PY = sys.executable
-TIMEOUT = 10.0
 
 # An IOC in miniature: a Guardian, one script (leader + grandchild in its group)
 # registered with it, and one process registered then removed.
@@ -52,29 +52,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def wait_gone(pid: int, timeout: float = TIMEOUT) -> None:
-    """Wait for any process (not only a child) to exit, through a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    exited = asyncio.Event()
-    loop.add_reader(fd, exited.set)
-    try:
-        await asyncio.wait_for(exited.wait(), timeout)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
 
 
 def group_members(pgid: int) -> list[int]:

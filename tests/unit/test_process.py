@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 from bgrscrpt_ioc.supervisor.process import ScriptProcess
+from tests.unit.processes import TIMEOUT, gone, wait_gone
 
 PY = sys.executable
-TIMEOUT = 10.0
 
 # A grandchild that sleeps holding the script's stdout; its pid is printed.
 GRANDCHILD = """
@@ -25,30 +25,6 @@ code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time
 child = subprocess.Popen([sys.executable, "-c", code], start_new_session={escape})
 print("grandchild", child.pid, flush=True)
 """
-
-
-def gone(pid: int) -> bool:
-    """Not running: reaped, or a zombie nobody has reaped yet."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def wait_gone(pid: int, timeout: float = TIMEOUT) -> None:
-    """Wait for any process (not only a child) to exit, through a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    exited = asyncio.Event()
-    loop.add_reader(fd, exited.set)
-    try:
-        await asyncio.wait_for(exited.wait(), timeout)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
 
 
 class Run:
