@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 
+@functools.cache
 def kit_root() -> Path:
     """The installed kit directory: ``KIT_ROOT`` for scripts (holds ISIS/inst_servers/master)."""
     return Path(__file__).resolve().parent.parent / "kit"

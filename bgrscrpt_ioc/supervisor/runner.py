@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -29,13 +30,25 @@ from bgrscrpt_ioc.supervisor.process import ScriptProcess
 log = logging.getLogger(__name__)
 
 
+# path -> the (inode, size, mtime, ctime) of the version that last compiled cleanly.
+_compiled: dict[Path, tuple[int, int, int, int]] = {}
+
+
 def check_script(path: Path) -> str:
-    """Why ``path`` cannot be run, or "" when it can. Cheap enough for every start."""
+    """Why ``path`` cannot be run, or "" when it can. Cheap enough for every start:
+    a file unchanged since it last compiled cleanly is not compiled again."""
     try:
-        if not path.exists():
-            return f"no script at {path}"
-        if not path.is_file():
-            return f"not a file: {path}"
+        st = path.stat()
+    except FileNotFoundError:
+        return f"no script at {path}"
+    except OSError as exc:
+        return f"cannot read script {path}: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a file: {path}"
+    signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if _compiled.get(path) == signature:  # ctime: a chmod counts as a change
+        return ""
+    try:
         source = path.read_bytes()
     except OSError as exc:
         return f"cannot read script {path}: {exc.strerror or exc}"
@@ -46,6 +59,7 @@ def check_script(path: Path) -> str:
         return f"syntax error in {path} line {exc.lineno}: {exc.msg}"
     except ValueError as exc:  # e.g. NUL bytes
         return f"cannot compile {path}: {exc}"
+    _compiled[path] = signature
     return ""
 
 

@@ -13,7 +13,8 @@ import textwrap
 import psutil
 import pytest
 
-from bgrscrpt_ioc.supervisor.process import ScriptProcess
+from bgrscrpt_ioc.supervisor.env import compat_site_dir
+from bgrscrpt_ioc.supervisor.process import ScriptProcess, setpriv_prefix
 from tests.unit.processes import TIMEOUT, gone, wait_gone
 
 PY = sys.executable
@@ -30,7 +31,9 @@ print("grandchild", child.pid, flush=True)
 class Run:
     """A script under ScriptProcess, with what it reported."""
 
-    def __init__(self, code: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, code: str, loop: asyncio.AbstractEventLoop, env: dict[str, str] | None = None
+    ) -> None:
         self.output = bytearray()
         self.exit_codes: list[int] = []
         self.exited = asyncio.Event()
@@ -38,7 +41,7 @@ class Run:
         self.proc = ScriptProcess.spawn(
             [PY, "-c", textwrap.dedent(code)],
             cwd=os.getcwd(),
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
             on_output=self._on_output,
             on_exit=self._on_exit,
             loop=loop,
@@ -80,8 +83,8 @@ async def runs():
     started: list[Run] = []
     loop = asyncio.get_running_loop()
 
-    def start(code: str) -> Run:
-        run = Run(code, loop)
+    def start(code: str, env: dict[str, str] | None = None) -> Run:
+        run = Run(code, loop, env)
         started.append(run)
         return run
 
@@ -210,7 +213,7 @@ async def test_close_is_idempotent(runs):
 
 INTERMEDIATE = """
 import asyncio, os, sys
-from bgrscrpt_ioc.supervisor.process import ScriptProcess
+from bgrscrpt_ioc.supervisor.process import ScriptProcess, setpriv_prefix
 
 async def main():
     loop = asyncio.get_running_loop()
@@ -220,6 +223,7 @@ async def main():
         on_output=lambda data: os.write(1, data), on_exit=lambda code: None,
     )
     print("script", script.pid, flush=True)
+    print("setpriv", len(setpriv_prefix()), flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
@@ -259,12 +263,16 @@ async def read_until(proc: subprocess.Popen[bytes], words: list[bytes]) -> dict[
     return found()
 
 
-async def test_pdeathsig_kills_script_when_ioc_is_killed():
-    ioc = subprocess.Popen([PY, "-c", INTERMEDIATE], stdout=subprocess.PIPE)
+@pytest.mark.parametrize("through", ["setpriv", "preexec_fn"])
+async def test_pdeathsig_kills_script_when_ioc_is_killed(through):
+    # An empty PATH hides setpriv: the IOC falls back to setting it in a preexec_fn.
+    env = dict(os.environ) if through == "setpriv" else dict(os.environ, PATH="")
+    ioc = subprocess.Popen([PY, "-c", INTERMEDIATE], stdout=subprocess.PIPE, env=env)
     script = 0
     try:
-        seen = await read_until(ioc, [b"script", b"up"])
+        seen = await read_until(ioc, [b"script", b"up", b"setpriv"])
         script = seen[b"script"]
+        assert (seen[b"setpriv"] > 0) == (through == "setpriv")
         assert not gone(script)
         ioc.kill()  # SIGKILL: nothing of the IOC runs any more
         ioc.wait()
@@ -276,3 +284,26 @@ async def test_pdeathsig_kills_script_when_ioc_is_killed():
         ioc.stdout.close()
         if script and not gone(script):
             os.kill(script, signal.SIGKILL)
+
+
+PARENT_CHECK = "import os; print('ran', os.environ.get('BGRSCRPT_IOC_PID'), flush=True)"
+
+
+@pytest.mark.parametrize("parent_is_ioc", [True, False])
+def test_sitecustomize_ends_a_script_whose_ioc_died_while_starting_it(parent_is_ioc):
+    """Started by setpriv after the IOC died, a script has another parent: it ends
+    before its first statement. With the right parent it runs, without the variable."""
+    pid = os.getpid() if parent_is_ioc else os.getppid()
+    env = dict(os.environ, PYTHONPATH=str(compat_site_dir()), BGRSCRPT_IOC_PID=str(pid))
+    out = subprocess.run([PY, "-c", PARENT_CHECK], env=env, capture_output=True, timeout=TIMEOUT)
+    if parent_is_ioc:
+        assert (out.returncode, out.stdout) == (0, b"ran None\n"), out.stderr
+    else:
+        assert (out.returncode, out.stdout, out.stderr) == (1, b"", b"")
+
+
+async def test_a_script_started_through_setpriv_passes_the_parent_check(runs):
+    assert setpriv_prefix(), "setpriv (util-linux) is expected on this machine"
+    run = runs(PARENT_CHECK, {"PYTHONPATH": str(compat_site_dir())})
+    assert await run.wait_exit() == 0
+    await run.expect(b"ran None\n")

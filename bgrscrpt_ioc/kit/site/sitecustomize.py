@@ -1,4 +1,5 @@
-"""Put bgrscrpt_ioc's compatibility modules at the END of a script's ``sys.path``.
+"""Put bgrscrpt_ioc's compatibility modules at the END of a script's ``sys.path``;
+end a script whose IOC died while starting it.
 
 The IOC puts this directory on ``PYTHONPATH`` for its scripts. Appending (rather
 than listing the compat directory on ``PYTHONPATH`` itself) means that a real
@@ -10,6 +11,14 @@ is always found first. Any other ``sitecustomize`` this one shadows still runs.
 # starts, so it must cost next to nothing (start latency).
 import os
 import sys
+
+# The IOC starts a script through ``setpriv --pdeathsig KILL``. Had the IOC died
+# before setpriv set that, nothing would ever stop this script: then its parent is
+# no longer the IOC, and it ends here. Taken out of the environment, so that a
+# Python process the script starts does not check it against the wrong parent.
+_ioc_pid = os.environ.pop("BGRSCRPT_IOC_PID", "")
+if _ioc_pid.isdigit() and os.getppid() != int(_ioc_pid):
+    os._exit(1)
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _compat = os.path.join(os.path.dirname(_here), "compat")
