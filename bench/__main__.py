@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     # pyepics warns on every caget that times out while a server is starting up.
     warnings.filterwarnings("ignore", message=r"ca\.get.*timed out")
 
+    import epics
+
     from . import ca_roundtrip, footprint, load, report, start_latency
     from .common import machine_info
 
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = runners[name](workdir)
             except Exception:
                 results[name] = {"error": traceback.format_exc()}
+            # The channels this figure opened lost their IOC when it stopped, and
+            # libca would go on searching for them on every port of the address
+            # list: the next figures' servers would be answering those searches.
+            epics.ca.clear_cache()
             results[name]["elapsed_s"] = time.monotonic() - t0
             verdict = (
                 "error"

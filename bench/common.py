@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bgrscrpt_ioc.epics_base import base_ioc_environment
+from bgrscrpt_ioc.epics_base import base_ioc_environment, free_ca_port
 
 REPO = Path(__file__).resolve().parent.parent
 DB_TEMPLATES = REPO / "db_templates"
@@ -35,20 +35,9 @@ STARTUP_TIMEOUT = 30.0
 
 
 def free_port(avoid: Iterable[int] = ()) -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (CA uses both)."""
-    avoid = set(avoid)
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            if port in avoid:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+    """A port free for both TCP and UDP on 127.0.0.1 (CA uses both), outside the
+    kernel's ephemeral range (see ``free_ca_port``)."""
+    return free_ca_port(avoid)
 
 
 class PortPool:

@@ -9,8 +9,10 @@ otherwise listen on every interface on the default pvAccess ports.
 
 from __future__ import annotations
 
+import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 
 def free_loopback_port() -> int:
@@ -18,6 +20,43 @@ def free_loopback_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out to sockets bound to port 0."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = (int(x) for x in text.split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def free_ca_port(avoid: Iterable[int] = ()) -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (CA uses both), for a CA server
+    that clients will find through ``EPICS_CA_ADDR_LIST``.
+
+    Never one the kernel could give a client's own UDP socket: a client whose
+    socket landed on a port of its address list would hear its own search
+    request, which has the same command code as a search reply, and take itself
+    for the server of every name it searched.
+    """
+    avoid = set(avoid)
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(10000, 65536) if p not in ephemeral and p not in avoid]
+    while True:
+        port = random.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
 
 
 def base_ioc_environment(

@@ -12,29 +12,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from bgrscrpt_ioc.epics_base import free_ca_port
+
 POOL_SIZE = 48
 TEST_TAG_VAR = "BGRSCRPT_TEST_TAG"
 
 
 def _free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (CA uses both)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+    """A port free for both TCP and UDP on 127.0.0.1 (CA uses both), outside the
+    kernel's ephemeral range (see ``free_ca_port``)."""
+    return free_ca_port()
 
 
 def pytest_configure(config):

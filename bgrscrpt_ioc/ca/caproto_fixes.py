@@ -1,5 +1,9 @@
 """Fixes for caproto 1.3's asyncio server, applied when the IOC starts.
 
+Three make it cheaper rather than more correct: ``_event_wait``,
+``_get_from_sub_queue`` and ``_run_write_now`` each save the event loop a task
+or a trip round it on every read, monitor update or put.
+
 When a client vanishes (TCP reset) while the server streams updates to it,
 several tasks of its circuit notice: the subscription task (its send fails),
 the command task and the TCP handler (their send or receive fails). Each runs
@@ -65,7 +69,56 @@ async def _create_bound_tcp_socket_nodelay(addr, port):  # type: ignore[no-untyp
     return sock
 
 
+async def _event_wait(self, timeout=None):  # type: ignore[no-untyped-def]
+    """``AsyncioEvent.wait(timeout)`` without a new task when it can.
+
+    caproto awaits its circuit's write event before every read and every new
+    subscription, almost always already set; its ``asyncio.wait_for`` made a
+    task and a timer for each. ``asyncio.timeout`` needs neither.
+    """
+    if self.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.Event.wait(self)
+    except TimeoutError:
+        pass
+    return self.is_set()
+
+
+async def _get_from_sub_queue(self, timeout=None):  # type: ignore[no-untyped-def]
+    """The next queued subscription update, or None after ``timeout`` seconds.
+
+    Called once or twice for every update sent; caproto's ``asyncio.wait_for``
+    made a task and a timer each time, even with the update already queued.
+    """
+    queue = self.subscription_queue
+    if not queue.empty():
+        return queue.get_nowait()
+    try:
+        async with asyncio.timeout(timeout):
+            return await queue.get()
+    except TimeoutError:
+        return None
+
+
+async def _run_write_now(self, handle_write):  # type: ignore[no-untyped-def]
+    """Carry out a write in the circuit's command loop instead of a task of its own.
+
+    caproto starts a task per write so that a putter that waits on hardware does
+    not hold up the circuit; this IOC's putters never wait, and the task cost a
+    trip round the event loop on every put. A ``DisconnectedCircuit`` raised by
+    the reply now reaches the command loop, which closes the circuit, rather
+    than ending a task nobody awaits.
+    """
+    await handle_write()
+
+
 def install() -> None:
     """Apply the fixes to caproto's asyncio server (idempotent)."""
-    _asyncio_server.VirtualCircuit._on_disconnect = _on_disconnect  # type: ignore[method-assign]
+    circuit = _asyncio_server.VirtualCircuit
+    circuit._on_disconnect = _on_disconnect  # type: ignore[method-assign]
+    circuit.get_from_sub_queue = _get_from_sub_queue  # type: ignore[method-assign]
+    circuit._start_write_task = _run_write_now  # type: ignore[method-assign]
+    _asyncio_server.AsyncioEvent.wait = _event_wait  # type: ignore[method-assign]
     _asyncio_server._create_bound_tcp_socket = _create_bound_tcp_socket_nodelay

@@ -170,13 +170,21 @@ class SlotRunner:
         except ValueError:
             raise ValueError(f"AUTORESTART must be 0..{len(AutoRestart) - 1}") from None
         self.core.set_autorestart(value)
-        self.db.set_setting(self.name, "AUTORESTART", str(int(value)))
+        self._persist("AUTORESTART", str(int(value)))
         self._changed()
 
     def set_watchdog(self, seconds: float) -> None:
         self.core.set_watchdog(seconds, time.monotonic())
-        self.db.set_setting(self.name, "WATCHDOG", repr(float(seconds)))
+        self._persist("WATCHDOG", repr(float(seconds)))
         self._changed()
+
+    def _persist(self, key: str, value: str) -> None:
+        """Save a setting right after the put's reply has gone: the SQLite write
+        (about 40 µs) is then not part of every put's round trip."""
+        if self._loop is None:
+            self.db.set_setting(self.name, key, value)
+        else:
+            self._loop.call_soon(self.db.set_setting, self.name, key, value)
 
     # ---- what the PVs show ---------------------------------------------------
 
