@@ -374,6 +374,25 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+_CAP_SYS_NICE = 23
+
+
+def _realtime_note() -> str:
+    """Whether the processes of this run could use real-time scheduling."""
+    bounding = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                bounding = int(line.split()[1], 16)
+    if not bounding >> _CAP_SYS_NICE & 1:
+        return (
+            "off: CAP_SYS_NICE not in the bounding set, so every process ran SCHED_OTHER, "
+            "as under a service account"
+            + (" (the bench runs as root and dropped it on purpose)" if os.geteuid() == 0 else "")
+        )
+    return "available: libca and EPICS base threads ran SCHED_FIFO"
+
+
 def machine_info() -> dict[str, str]:
     import caproto
     import epics
@@ -399,6 +418,7 @@ def machine_info() -> dict[str, str]:
         "bgrscrpt_ioc": f"{bgrscrpt_ioc.__version__}, commit {commit or '?'}"
         + (" with uncommitted changes in tracked files" if dirty else ""),
         "loadavg_at_start": f"{load1:.2f} (1 min), {load5:.2f} (5 min)",
+        "realtime_scheduling": _realtime_note(),
     }
 
 
