@@ -1,9 +1,10 @@
 """Figure 4: the idle IOC's memory and CPU, vs an EPICS base IOC serving the same records.
 
-bgrscrpt_ioc runs two slots whose scripts sleep (both RUNNING), no CA client
-connected. After ``SETTLE_S`` s, psutil samples the IOC process every second
-for ``MEASURE_S`` s: RSS (and PSS/USS) per sample, CPU% = (user+system CPU
-time used) / wall time over the whole window, and per ``WINDOW_S`` s window.
+bgrscrpt_ioc runs two slots whose scripts sleep (both RUNNING); the only CA
+client is the bench, holding the STATUS and PID channels it read. After
+``SETTLE_S`` s, psutil samples the IOC process every second for ``MEASURE_S``
+s: RSS (and PSS/USS) per sample, CPU% = (user+system CPU time used) / wall
+time over the whole window, and per ``WINDOW_S`` s window.
 The IOC's guardian process (a child of its own, not a script) is reported
 separately; the scripts are not counted. Then the same for the peer:
 ``python -m epicscorelibs.ioc`` with db_templates/bgrscrpt.db for BGRSCRPT_01

@@ -355,7 +355,10 @@ def _footprint_section(r: dict) -> list[str]:
         return out + _error("Footprint", r)
     i, b = r["ioc"], r["base"]
     out += [
-        f"**How:** the IOC with two slots whose scripts sleep (both RUNNING), no CA client; "
+        f"**How:** the IOC with two slots whose scripts sleep (both RUNNING); the only CA "
+        f"client is the bench, which read both slots' STATUS and PID (pyepics keeps those "
+        f"channels, monitored); its channels from earlier figures were cleared, so no search "
+        f"for a stopped IOC reaches this one; "
         f"after {_f(footprint.SETTLE_S, 0)} s psutil samples the IOC process once a second for "
         f"{_f(r['measure_s'], 0)} s: RSS (max and median; PSS and USS too), CPU% = CPU time "
         f"used (user + system) ÷ wall time over the whole window (and per "

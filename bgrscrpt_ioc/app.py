@@ -286,6 +286,8 @@ async def run_ioc(options: IocOptions) -> int:
         # cancel those only once and wait for ever.
         await end_tasks([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
         guardian.close()
+        for runner in runners:  # what a failed shutdown above did not save
+            runner.save_settings()
         db.close()
         lock.release()
 

@@ -571,6 +571,29 @@ def test_leftover_group_of_a_dead_ioc_is_killed_at_the_next_start(make_ioc, conf
 # ---- settings written over Channel Access ----------------------------------
 
 
+def test_a_burst_of_setting_puts_reaches_the_state_database_while_the_ioc_runs(make_ioc):
+    """Back-to-back puts are saved together, shortly after (SETTINGS_SAVE_DELAY), the
+    last value winning, with the IOC still running (a SIGKILL after that loses nothing)."""
+    ioc = make_ioc(settings(autorestart="Off", watchdog=0.0)).start()
+    for seconds in (1.0, 2.0, 3.0, 4.5):
+        ioc.put(f"{S01}:WATCHDOG", seconds)
+    ioc.put(f"{S01}:AUTORESTART", "On failure")
+
+    def saved() -> dict[str, str]:
+        db = sqlite3.connect(f"file:{ioc.var_dir / 'state.sqlite'}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT key, value FROM settings WHERE slot = ?", (S01,))
+            return {str(k): str(v) for k, v in rows}
+        finally:
+            db.close()
+
+    wait_for(lambda: saved() == {"WATCHDOG": "4.5", "AUTORESTART": "1"}, 5, "the settings saved")
+    ioc.kill()
+    second = make_ioc(settings(autorestart="Off", watchdog=0.0), prefix=fresh_prefix()).start()
+    wait_pv(second, f"{S01}:WATCHDOG", lambda v: v == 4.5)
+    wait_pv(second, f"{S01}:AUTORESTART", lambda v: v == "On failure", as_string=True)
+
+
 def test_autorestart_and_watchdog_written_over_ca_survive_an_ioc_restart(make_ioc):
     """What an operator put over CA wins over the settings file at the next start."""
     toml = settings(autorestart="Off", watchdog=0.0)
