@@ -250,9 +250,16 @@ def _detection_and_overhead(workdir: Path, pool: Any) -> dict:
                 write(f"{prefix}DEV:FAULT", 1, notify=True, timeout=5.0, repeater=False)
                 wait_for(lambda i=n_inv, k=n_kill: len(invalid) > i and len(relay.kills) > k,
                          10, "the kill", every=0.005)  # fmt: skip
-                wait_for(lambda n=n_ok: len(oks) > n, 30, "watch OK again", every=0.01)
-                detect.append(relay.kills[n_kill] - invalid[n_inv])
-                recover.append(oks[n_ok] - invalid[n_inv])
+                # Only an OK stamped after the fault counts: libca's flow control
+                # (EVENTS_OFF/ON) makes the server resend the current OK, old stamp.
+                fault = invalid[n_inv]
+
+                def ok_again(n: int = n_ok, fault: float = fault) -> float | None:
+                    return next((t for t in oks[n:] if t > fault), None)
+
+                ok_at = wait_for(ok_again, 30, "watch OK again", every=0.01)
+                detect.append(relay.kills[n_kill] - fault)
+                recover.append(ok_at - fault)
         state.clear_callbacks()
 
         # Bare: the same IOC restarted through procServ by hand, no watch involved.
