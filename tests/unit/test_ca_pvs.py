@@ -7,15 +7,9 @@ ones. One test at the end runs a real caproto server and a libca client.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
 import math
-import os
 import socket
-import sys
-import time
 import uuid
 
 import pytest
@@ -29,6 +23,7 @@ from bgrscrpt_ioc.ca.ioc_pvs import IocPVs
 from bgrscrpt_ioc.ca.pvdb import build_pvdb, pv_names
 from bgrscrpt_ioc.ca.slot_pvs import SlotPVs, SlotView, char_waveform_text
 from bgrscrpt_ioc.core.slot import SlotState
+from tests.unit.ca_server import run_client, serving
 
 P = "UT:"
 SLOT = "BGRSCRPT_01"
@@ -563,78 +558,15 @@ print(json.dumps(out))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def _wait_listening(port: int, server: asyncio.Task, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.done():
-            server.result()  # raises what stopped it
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    raise TimeoutError(f"no CA server on port {port}")
-
-
 async def test_real_server_refuses_a_wrong_typed_put_and_stays_up(monkeypatch, caplog):
-    from caproto.asyncio.server import start_server
-
-    port = _free_port()
-    # Beacons go to a socket of ours: to the CA repeater port, with no repeater
-    # running, each one is refused and logged with a traceback.
-    beacon_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    beacon_sink.bind(("127.0.0.1", 0))
-    ca_env = {
-        "EPICS_CA_SERVER_PORT": str(port),
-        "EPICS_CAS_SERVER_PORT": str(port),
-        "EPICS_CA_ADDR_LIST": f"127.0.0.1:{port}",
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_BEACON_PORT": str(beacon_sink.getsockname()[1]),
-    }
-    for key, value in ca_env.items():
-        monkeypatch.setenv(key, value)
     prefix = f"UT{uuid.uuid4().hex[:8]}:"
     controller = FakeController()
     pvdb, _, _ = build_pvdb(prefix, [(SLOT, controller, SlotView(status=SlotState.BACKOFF))])
     caplog.set_level(logging.ERROR, logger="caproto")
 
-    server = asyncio.create_task(start_server(pvdb, interfaces=["127.0.0.1"]))
-    client = None
-    try:
-        await _wait_listening(port, server)
-        client = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CLIENT,
-            f"{prefix}{SLOT}:",
-            env={**os.environ, **ca_env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(client.communicate(), timeout=60)
-        assert client.returncode == 0, err.decode()
-        result = json.loads(out.decode().strip().splitlines()[-1])
+    async with serving(pvdb, monkeypatch) as (ca_env, server):
+        result = await run_client(CLIENT, f"{prefix}{SLOT}:", env=ca_env)
         assert not server.done()  # the IOC is still up
-    finally:
-        if client is not None and client.returncode is None:
-            client.kill()
-            await client.wait()
-        server.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server
-        beacon_sink.close()
 
     ECA_NORMAL = 1
     assert result["banana"]["ret"] == ECA_NORMAL  # libca sent it ...

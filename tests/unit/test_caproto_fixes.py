@@ -8,19 +8,12 @@ lose an update, reorder commands, or change what a client reads back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import socket
-import sys
 import uuid
 
-from caproto.asyncio.server import start_server
 from caproto.server import PVGroup, pvproperty
 
 from bgrscrpt_ioc.ca import caproto_fixes
-from tests.conftest import _free_port
-from tests.unit.test_ca_pvs import _wait_listening
+from tests.unit.ca_server import run_client, serving
 
 
 class Chained(PVGroup):
@@ -67,48 +60,11 @@ print(json.dumps(out))
 
 async def test_every_update_of_a_put_arrives_and_commands_keep_their_order(monkeypatch):
     caproto_fixes.install()
-    port = _free_port()
-    beacon_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    beacon_sink.bind(("127.0.0.1", 0))
-    ca_env = {
-        "EPICS_CA_SERVER_PORT": str(port),
-        "EPICS_CAS_SERVER_PORT": str(port),
-        "EPICS_CA_ADDR_LIST": f"127.0.0.1:{port}",
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_BEACON_PORT": str(beacon_sink.getsockname()[1]),
-    }
-    for key, value in ca_env.items():
-        monkeypatch.setenv(key, value)
     prefix = f"UF{uuid.uuid4().hex[:8]}:"
     group = Chained(prefix)
-    server = asyncio.create_task(start_server(group.pvdb, interfaces=["127.0.0.1"]))
-    client = None
-    try:
-        await _wait_listening(port, server)
-        client = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CLIENT,
-            prefix,
-            env={**os.environ, **ca_env},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(client.communicate(), timeout=60)
-        assert client.returncode == 0, err.decode()
-        result = json.loads(out.decode().strip().splitlines()[-1])
+    async with serving(group.pvdb, monkeypatch) as (ca_env, server):
+        result = await run_client(CLIENT, prefix, env=ca_env)
         assert not server.done()
-    finally:
-        if client is not None and client.returncode is None:
-            client.kill()
-            await client.wait()
-        server.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await server
-        beacon_sink.close()
 
     assert result["put"] == 1
     assert result["read_back"] == 1.5  # stored before the reply
