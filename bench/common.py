@@ -8,6 +8,7 @@ when its context is created, so :func:`setup_ca_environment` must run first.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import signal
@@ -85,6 +86,19 @@ def setup_ca_environment(count: int) -> PortPool:
 
 def fresh_prefix(what: str) -> str:
     return f"BENCH{uuid.uuid4().hex[:6].upper()}{what}:"
+
+
+def json_lines_of(
+    argv: list[str], what: str, *, cwd: Path, env: dict[str, str] | None = None
+) -> list[Any]:
+    """Run ``argv`` to the end (10 min at most); the JSON objects it printed, one a line.
+
+    Raises RuntimeError, with the end of its stderr, if it fails.
+    """
+    out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 # ---- waiting and statistics -------------------------------------------------

@@ -29,7 +29,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from .common import REPO, fresh_prefix, median, percentile, ratio, wait_for
+from .common import REPO, fresh_prefix, json_lines_of, median, percentile, ratio, wait_for
 
 NAME = "plot"
 PORTS = 1  # the simulated instrument
@@ -237,17 +237,9 @@ def _run_feed(code: str, workdir: Path) -> list[dict]:
     )
     env["ICPVARDIR"] = str(workdir)
     env["BGRSCRPT_PLOT_PORT"] = "18989"  # out of the way of a plot the machine may serve
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    return json_lines_of(
+        [sys.executable, "-c", textwrap.dedent(code)], "feed script", cwd=workdir, env=env
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"feed script failed:\n{out.stderr[-3000:]}")
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 def footprint(workdir: Path) -> dict:

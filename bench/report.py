@@ -57,13 +57,12 @@ def summary_rows(results: dict[str, dict]) -> list[list[str]]:
         )
     r = results.get("ca_roundtrip")
     if r and "error" not in r:
-        for client, short in _ca_clients(r):
-            c = r["by_client"][client] if "by_client" in r else r
+        for client, c in r["by_client"].items():
             for kind, label in (("get", "caget"), ("put", "caput wait=True")):
                 e = c[kind]
                 rows.append(
                     [
-                        f"2. CA round trip, {label} ({short})",
+                        f"2. CA round trip, {label} ({client} libca)",
                         f"p50 {_f(e['ioc']['p50_us'] / 1e3, 3)} ms, "
                         f"p99 {_f(e['ioc']['p99_us'] / 1e3, 3)} ms",
                         f"EPICS base: p50 {_f(e['base']['p50_us'] / 1e3, 3)} ms, "
@@ -183,13 +182,6 @@ def _start_section(r: dict) -> list[str]:
     return out
 
 
-def _ca_clients(r: dict) -> list[tuple[str, str]]:
-    """(client, short label) for each libca the figure ran with."""
-    if "by_client" not in r:
-        return [("pyepics", "pyepics")]
-    return [(c, f"{c} libca") for c, _ in ca_roundtrip.CLIENTS if c in r["by_client"]]
-
-
 def _ca_section(r: dict) -> list[str]:
     out = ["## 2. Channel Access round trip", ""]
     if "error" in r:
@@ -215,10 +207,8 @@ def _ca_section(r: dict) -> list[str]:
         f"with both.",
         "",
     ]
-    for client, short in _ca_clients(r):
-        c = r["by_client"][client] if "by_client" in r else r
-        long = dict(ca_roundtrip.CLIENTS).get(client, short)
-        out += [f"**Client: {long}**" + (f" — `{c['libca']}`" if c.get("libca") else ""), ""]
+    for client, c in r["by_client"].items():
+        out += [f"**Client: {dict(ca_roundtrip.CLIENTS)[client]}** — `{c['libca']}`", ""]
         rows = []
         for kind in ("get", "put"):
             e = c[kind]
@@ -424,7 +414,7 @@ def _findings(results: dict[str, dict]) -> list[str]:
     nd = ca.get("tcp_nodelay") or {}
     ioc_nd, base_nd = nd.get("ioc"), nd.get("base")
     if ioc_nd is not None and ioc_nd and not any(ioc_nd) and base_nd and all(base_nd):
-        put = ca.get("put", {})
+        put = next(iter(ca["by_client"].values()))["put"]
         notes.append(
             "- The IOC's Channel Access circuits run with Nagle's algorithm on (TCP_NODELAY "
             "off on every established circuit), the EPICS base IOC's with it off. A put's "
