@@ -25,6 +25,7 @@ from bgrscrpt_ioc.settings import Settings
 from bgrscrpt_ioc.state_db import StateDB, VarDirLock
 from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group
+from bgrscrpt_ioc.supervisor.process import setpriv_prefix
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
 
 log = logging.getLogger("bgrscrpt_ioc")
@@ -205,6 +206,9 @@ async def run_ioc(options: IocOptions) -> int:
     try:
         _clean_leftovers(db)
         guardian.start()
+        # Probe setpriv now, not on the event loop when the first START arrives.
+        if not setpriv_prefix():
+            log.warning("no setpriv with --pdeathsig: scripts start the slower way (full fork)")
         started = time.monotonic()
         publisher_ref: list[Publisher] = []
 
@@ -286,8 +290,6 @@ async def run_ioc(options: IocOptions) -> int:
         # cancel those only once and wait for ever.
         await end_tasks([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
         guardian.close()
-        for runner in runners:  # what a failed shutdown above did not save
-            runner.save_settings()
         db.close()
         lock.release()
 

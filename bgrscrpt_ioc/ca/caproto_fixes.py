@@ -204,7 +204,7 @@ async def _recv(self):  # type: ignore[no-untyped-def]
         received = []
     commands, _ = self.circuit.recv(received)
     for command in commands:
-        idle = self.command_queue.empty() and not getattr(self, "_busy", False)
+        idle = self.command_queue.empty() and not self._busy
         if idle and command is not _ca.DISCONNECTED:
             try:
                 await _one_command(self, command)
@@ -231,6 +231,7 @@ def install() -> None:
     circuit._on_disconnect = _on_disconnect  # type: ignore[method-assign]
     circuit.get_from_sub_queue = _get_from_sub_queue  # type: ignore[method-assign]
     circuit._start_write_task = _run_write_now  # type: ignore[method-assign]
+    circuit._busy = False  # a command of this circuit under way (set by _one_command)
     circuit.recv = _recv  # type: ignore[method-assign]
     circuit.command_queue_loop = _command_queue_loop  # type: ignore[method-assign]
     ChannelData.publish = _publish  # type: ignore[method-assign]

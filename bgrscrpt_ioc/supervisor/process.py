@@ -41,7 +41,10 @@ _prctl: Callable[..., int] | None = None
 
 @functools.cache
 def setpriv_prefix() -> tuple[str, ...]:
-    """``setpriv --pdeathsig KILL --`` when this setpriv can do it, else ()."""
+    """``setpriv --pdeathsig KILL --`` when this setpriv can do it, else ().
+
+    The first call runs setpriv once (a few ms): the IOC makes it at start-up.
+    """
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         return ()

@@ -145,11 +145,13 @@ class SlotRunner:
     async def shutdown(self) -> None:
         """Stop the script's group (SIGTERM, SIGKILL after the stop timeout) and wait for it."""
         active = (SlotState.STARTING, SlotState.RUNNING, SlotState.STOPPING, SlotState.BACKOFF)
-        if self.core.state in active:
-            self.stop()
-        assert self._exited is not None
-        await self._exited.wait()
-        self.close()
+        try:
+            if self.core.state in active:
+                self.stop()
+            assert self._exited is not None
+            await self._exited.wait()
+        finally:
+            self.close()  # saves pending settings even if stopping failed
 
     def close(self) -> None:
         if self._timer is not None:
