@@ -191,6 +191,8 @@ _BASE_DEFAULTS = {
     "HSV": "NO_ALARM",
     "LSV": "NO_ALARM",
     "LLSV": "NO_ALARM",
+    # No links: empty (caproto shows "0").
+    **dict.fromkeys(("INP", "OUT", "DOL", "FLNK", "SDIS", "TSEL", "SIOL", "SIML"), ""),
 }
 
 

@@ -107,6 +107,8 @@ _FIELD_DBF: dict[str, dict[str, Dbf]] = {
     "mbbo": {**_MBB, "ORBV": Dbf.ULONG},
     "waveform": {"NELM": Dbf.ULONG, "NORD": Dbf.ULONG},
 }
+# Link fields: caproto has them as plain strings.
+_LINKS = frozenset({"INP", "OUT", "DOL", "FLNK", "SDIS", "TSEL", "SIOL", "SIML"})
 # The record types whose state names a string field can be read against as
 # DBR_ENUM (their record support's put_enum_str and get_enum_strs).
 _STATE_NAMES = {
@@ -179,6 +181,8 @@ class BaseReads:
                 return found
         elif (unsigned := self._unsigned_dbf()) is not None:
             return unsigned
+        elif self._field() in _LINKS and data_type == ChannelType.STRING:
+            return Dbf.LINK
         return {
             ChannelType.STRING: Dbf.STRING,
             ChannelType.INT: Dbf.SHORT,
@@ -197,7 +201,7 @@ class BaseReads:
         dbf = self.epics_dbf()
         value = self._data["value"]  # type: ignore[attr-defined]
         encoding = self.string_encoding or "latin-1"  # type: ignore[attr-defined]
-        if dbf == Dbf.STRING:
+        if dbf in (Dbf.STRING, Dbf.LINK):
             if isinstance(value, bytes):
                 value = value.decode(encoding, "replace")
             return [str(value)]

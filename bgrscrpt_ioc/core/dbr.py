@@ -51,6 +51,7 @@ class Dbf(Enum):
     DOUBLE = "DOUBLE"
     ENUM = "ENUM"  # a record's own states (bo, mbbi ...)
     MENU = "MENU"  # a field from a fixed menu (SCAN, STAT, HHSV ...)
+    LINK = "LINK"  # INP, OUT, FLNK ...: shown as text
 
 
 INTEGER_DBFS = frozenset({Dbf.CHAR, Dbf.UCHAR, Dbf.SHORT, Dbf.USHORT, Dbf.LONG, Dbf.ULONG})
@@ -95,6 +96,7 @@ _NATIVE = {
     Dbf.DOUBLE: Request.DOUBLE,
     Dbf.ENUM: Request.ENUM,
     Dbf.MENU: Request.ENUM,
+    Dbf.LINK: Request.STRING,
 }
 
 
@@ -265,6 +267,8 @@ def convert(
 def _converter(source: Dbf, target: Request, precision: int, labels: Sequence[str]) -> Converter:
     if source == Dbf.STRING:
         return _from_string(target)
+    if source == Dbf.LINK:
+        return _from_link(target)
     if source in FLOAT_DBFS:
         return _from_double(target, precision)
     if source in ENUM_DBFS and target == Request.STRING:
@@ -290,6 +294,22 @@ def _from_string(target: Request) -> Converter:
         if target == Request.FLOAT:
             return parse_float(text)
         return parse_double(text)
+
+    return convert_one
+
+
+def _from_link(target: Request) -> Converter:
+    """A link field: its text; as CHAR its first byte, as DOUBLE NaN; nothing else."""
+
+    def convert_one(value: Value) -> Value:
+        text = str(value)
+        if target == Request.STRING:
+            return text
+        if target == Request.CHAR:
+            return text.encode("latin-1", "replace")[0] if text else 0
+        if target == Request.DOUBLE:
+            return math.nan
+        raise Refused("a link is read as a string, CHARs or DOUBLE only")
 
     return convert_one
 
