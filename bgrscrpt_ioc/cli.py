@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
-    from bgrscrpt_ioc.ca.discovery import PortInUse
+    from bgrscrpt_ioc.ca.discovery import CannotServe
     from bgrscrpt_ioc.state_db import VarDirInUse
 
     options = IocOptions(
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return main_loop(options)
-    except (VarDirInUse, PortInUse) as exc:
+    except (VarDirInUse, CannotServe) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

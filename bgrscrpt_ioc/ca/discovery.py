@@ -63,7 +63,11 @@ LOOPBACK_BROADCAST = "127.255.255.255"
 _TCP_BACKLOG = 100  # what asyncio.start_server listens with
 
 
-class PortInUse(Exception):
+class CannotServe(Exception):
+    """Channel Access cannot be served as configured (a one-line reason)."""
+
+
+class PortInUse(CannotServe):
     """The CA port is held by another socket: the IOC cannot serve on it."""
 
 
@@ -236,6 +240,10 @@ class DiscoveryMixin:
                     tcp[interface] = sock
                     sock.listen(_TCP_BACKLOG)  # now: a second IOC's bind or listen fails
                 except OSError as exc:
+                    if exc.errno == errno.EADDRNOTAVAIL:
+                        raise CannotServe(
+                            f"--interfaces {interface}: this host has no such address"
+                        ) from None
                     if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                         raise
                     holder = _held_by("tcp", port, [interface], {_inode(s) for s in tcp.values()})

@@ -72,14 +72,17 @@ def subnet():
 
 LISTEN = r"""
 import json, socket, struct, sys, time
+IP_PKTINFO = 8  # Linux: each datagram's destination address comes with it
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
 sock.bind(("0.0.0.0", int(sys.argv[1])))
 sock.settimeout(float(sys.argv[2]))
 print("listening", flush=True)
-data, sender = sock.recvfrom(1024)
+data, ancillary, _, sender = sock.recvmsg(1024, 256)
+to = [socket.inet_ntoa(d[8:12]) for level, kind, d in ancillary if kind == IP_PKTINFO]
 command, _, version, port, beacon_id, address = struct.unpack(">HHHHII", data[:16])
-print(json.dumps({"command": command, "server_port": port, "to": sock.getsockname()[0],
+print(json.dumps({"command": command, "server_port": port, "to": to[0],
                   "address": socket.inet_ntoa(struct.pack(">I", address)), "sender": sender[0]}))
 """
 
@@ -100,7 +103,17 @@ def _client_env() -> dict[str, str]:
     return env
 
 
-def test_found_by_broadcast_and_beacons_on_the_subnet(subnet, config_dir, tmp_path, prefix):
+@pytest.mark.parametrize("beacons", ["derived", "listed"])
+def test_found_by_broadcast_and_beacons_on_the_subnet(
+    subnet, config_dir, tmp_path, prefix, beacons
+):
+    """``derived``: as a facility runs it, default beacon settings (not the tests'
+    loopback ones); ``listed``: EPICS_CAS_BEACON_ADDR_LIST names the client alone."""
+    client_address = subnet["ioc"].rsplit(".", 1)[0] + ".2"
+    listed = {
+        "EPICS_CAS_BEACON_ADDR_LIST": client_address,
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    }
     ioc = Ioc(
         prefix=prefix,
         port=CA_PORT,
@@ -108,11 +121,11 @@ def test_found_by_broadcast_and_beacons_on_the_subnet(subnet, config_dir, tmp_pa
         var_dir=tmp_path / "var",
         args=["--interfaces", subnet["ioc"]],
     )
-    # As a facility runs it: the default beacon settings, not the tests' loopback ones.
     ioc.command = lambda: ["ip", "netns", "exec", subnet["server"], *Ioc.command(ioc)]  # type: ignore[method-assign]
     ioc.environment = lambda: {  # type: ignore[method-assign]
         **{k: v for k, v in Ioc.environment(ioc).items() if not k.startswith("EPICS_CAS_")},
         "EPICS_CA_SERVER_PORT": str(CA_PORT),
+        **(listed if beacons == "listed" else {}),
     }
     # Listening before the IOC starts: its first beacons go out within a second.
     listener = subprocess.Popen(
@@ -143,7 +156,9 @@ def test_found_by_broadcast_and_beacons_on_the_subnet(subnet, config_dir, tmp_pa
     assert beacon["command"] == 13  # CA_PROTO_RSRV_IS_UP
     assert beacon["server_port"] == CA_PORT
     assert beacon["address"] == subnet["ioc"] and beacon["sender"] == subnet["ioc"], beacon
+    destination = subnet["broadcast"] if beacons == "derived" else client_address
+    assert beacon["to"] == destination, beacon
     log = ioc.output()
     assert "ERROR" not in log and "Traceback" not in log, log
-    assert f"beacons to {subnet['broadcast']}:{BEACON_PORT}" in log, log
+    assert f"beacons to {destination}:{BEACON_PORT}\n" in log, log
     assert f"searches heard on {subnet['ioc']}, {subnet['broadcast']}" in log, log

@@ -105,6 +105,12 @@ def test_a_udp_search_port_held_by_another_process(make_ioc, holder, reuse):
     assert f"UDP 127.0.0.1:{ioc.port}" in line and f"pid {proc.pid}" in line, line
 
 
+def test_an_address_this_host_does_not_have_is_a_bad_option(make_ioc):
+    ioc = make_ioc(args=["--interfaces", "198.51.100.254"])  # TEST-NET-2: nobody's
+    line = refused(ioc)
+    assert "--interfaces 198.51.100.254: this host has no such address" in line, line
+
+
 def test_the_port_is_never_drifted_even_when_it_frees_up_later(make_ioc, holder):
     ioc = make_ioc()
     proc = holder("tcp", ioc.port)

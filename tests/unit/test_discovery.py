@@ -9,6 +9,7 @@ import pytest
 from bgrscrpt_ioc.ca import netif
 from bgrscrpt_ioc.ca.discovery import (
     LOOPBACK_BROADCAST,
+    CannotServe,
     PortInUse,
     beacon_destinations,
     broadcast_addresses,
@@ -84,4 +85,4 @@ def test_holders_of_a_listening_port_are_found_by_inode():
 
 def test_port_in_use_is_not_an_os_error():
     # The CLI reports OSError as exit status 1; a taken port is a setting to fix: 2.
-    assert not issubclass(PortInUse, OSError)
+    assert issubclass(PortInUse, CannotServe) and not issubclass(CannotServe, OSError)
