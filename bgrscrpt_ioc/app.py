@@ -218,7 +218,7 @@ async def run_ioc(options: IocOptions) -> int:
 
         caproto_fixes.install()
         context = IocContext(pvdb, options.interfaces)
-        # Raises PortInUse (reported by the CLI) before any script has started.
+        # Raises CannotServe (a taken port: reported by the CLI) before any script starts.
         await context.claim_ports()
         server = asyncio.create_task(context.run())
         tasks += [

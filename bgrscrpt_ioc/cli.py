@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from bgrscrpt_ioc import __version__
-from bgrscrpt_ioc.ca.discovery import beacon_environment
 from bgrscrpt_ioc.settings import SettingsError, load_settings, slot_name
 
 PROG = "bgrscrpt-ioc"
@@ -100,6 +99,8 @@ def _ca_environment(interfaces: list[str]) -> None:
     env["EPICS_CA_SERVER_PORT"] = port
     # Beacons to each served interface's broadcast address (127.255.255.255 for
     # loopback, as IBEX's runIOC has it) and EPICS_CAS_BEACON_ADDR_LIST.
+    from bgrscrpt_ioc.ca.discovery import beacon_environment  # caproto: not for --help
+
     env.update(beacon_environment(interfaces, env))
 
 
