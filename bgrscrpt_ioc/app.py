@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from caproto.asyncio.server import start_server
+from caproto.asyncio.server import Context, VirtualCircuit
 
 from bgrscrpt_ioc.ca import caproto_fixes
 from bgrscrpt_ioc.ca.access import apply_access
+from bgrscrpt_ioc.ca.discovery import DiscoveryMixin
+from bgrscrpt_ioc.ca.epics_reads import RefusedReads
 from bgrscrpt_ioc.ca.pvdb import build_pvdb
 from bgrscrpt_ioc.recovery.service import WatchService
 from bgrscrpt_ioc.settings import Settings
@@ -38,44 +40,15 @@ PUBLISH_INTERVAL = 0.05
 LOG_INTERVAL = 0.25
 
 
-class _OneLineBeaconFailures(logging.Filter):
-    """caproto logs every beacon it fails to send with a traceback.
-
-    A beacon to an address where no CA repeater listens is refused (ICMP port
-    unreachable), every few seconds for the life of the IOC. Say so once per
-    address and reason, in one line, and keep the log readable.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen: set[tuple[str, str]] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Failed to send beacon"):
-            return True
-        exc = record.exc_info[1] if record.exc_info else None
-        args = record.args if isinstance(record.args, tuple) else ()
-        address = args[0] if args else "?"
-        if isinstance(address, tuple) and len(address) == 2:
-            address = f"{address[0]}:{address[1]}"
-        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-        key = (str(address), type(exc).__name__)
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        record.msg = "cannot send beacons to %s (%s); no CA repeater there? Not repeated"
-        record.args = (address, reason)
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.exc_info = None
-        record.exc_text = None
-        return True
+class _Circuit(RefusedReads, VirtualCircuit):
+    """caproto's circuit; a read EPICS base would refuse gets base's answer, not a traceback."""
 
 
-def quiet_beacon_failures() -> None:
-    """Install the one-line beacon filter on caproto's server logger (idempotent)."""
-    logger = logging.getLogger("caproto.ctx")
-    if not any(isinstance(f, _OneLineBeaconFailures) for f in logger.filters):
-        logger.addFilter(_OneLineBeaconFailures())
+class IocContext(DiscoveryMixin, Context):
+    """The IOC's Channel Access server: caproto's asyncio server, on its CA port or
+    not at all, heard by broadcast on every served interface (``ca/discovery.py``)."""
+
+    CircuitClass = _Circuit
 
 
 @dataclass(frozen=True)
@@ -243,9 +216,11 @@ async def run_ioc(options: IocOptions) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop_requested.set)
 
-        quiet_beacon_failures()
         caproto_fixes.install()
-        server = asyncio.create_task(start_server(pvdb, interfaces=options.interfaces))
+        context = IocContext(pvdb, options.interfaces)
+        # Raises CannotServe (a taken port: reported by the CLI) before any script starts.
+        await context.claim_ports()
+        server = asyncio.create_task(context.run())
         tasks += [
             server,
             asyncio.create_task(publisher.run()),

@@ -79,19 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_interfaces(interfaces: list[str]) -> bool:
-    """Validate the addresses; True when every one is loopback."""
-    loopback = True
+def _check_interfaces(interfaces: list[str]) -> None:
+    """Every address must be an IPv4 address (0.0.0.0: every interface)."""
     for addr in interfaces:
         try:
-            ip = ipaddress.ip_address(addr)
+            ipaddress.IPv4Address(addr)
         except ValueError:
-            raise UsageError(f"--interfaces: {addr!r} is not an IP address") from None
-        loopback = loopback and ip.is_loopback
-    return loopback
+            raise UsageError(f"--interfaces: {addr!r} is not an IPv4 address") from None
 
 
-def _ca_environment(loopback_only: bool) -> None:
+def _ca_environment(interfaces: list[str]) -> None:
     """Port and beacon settings, before caproto reads the environment."""
     env = os.environ
     # An EPICS base IOC takes EPICS_CAS_SERVER_PORT first; caproto ignores it.
@@ -100,10 +97,11 @@ def _ca_environment(loopback_only: bool) -> None:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"{name}={port!r} is not a port number")
     env["EPICS_CA_SERVER_PORT"] = port
-    # As IBEX's runIOC does: a loopback-only IOC announces itself on loopback only.
-    if loopback_only and "EPICS_CAS_BEACON_ADDR_LIST" not in env:
-        env["EPICS_CAS_BEACON_ADDR_LIST"] = "127.255.255.255"
-        env.setdefault("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+    # Beacons to each served interface's broadcast address (127.255.255.255 for
+    # loopback, as IBEX's runIOC has it) and EPICS_CAS_BEACON_ADDR_LIST.
+    from bgrscrpt_ioc.ca.discovery import beacon_environment  # caproto: not for --help
+
+    env.update(beacon_environment(interfaces, env))
 
 
 def _settings_path(args: argparse.Namespace) -> Path | None:
@@ -150,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"config dir ({source}): no directory at {config_dir}")
         args.config_dir = config_dir
         settings = load_settings(_settings_path(args), config_dir=config_dir, slot_count=args.slots)
-        loopback_only = _check_interfaces(args.interfaces)
-        _ca_environment(loopback_only)
+        _check_interfaces(args.interfaces)
+        _ca_environment(args.interfaces)
         var_dir = args.var_dir.absolute()
         try:
             var_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
+    from bgrscrpt_ioc.ca.discovery import CannotServe
     from bgrscrpt_ioc.state_db import VarDirInUse
 
     options = IocOptions(
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return main_loop(options)
-    except VarDirInUse as exc:
+    except (VarDirInUse, CannotServe) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

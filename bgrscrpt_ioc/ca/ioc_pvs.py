@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from caproto import ChannelType
-from caproto.server import PVGroup, pvproperty
+from caproto.server import pvproperty
 
 from .. import __version__
 from .channels import describe_record
+from .epics_reads import BasePVGroup
 
 
-class IocPVs(PVGroup):
+class IocPVs(BasePVGroup):
     """The IOC's own liveness and identity. All read-only."""
 
     heartbeat = pvproperty(
