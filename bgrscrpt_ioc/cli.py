@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bgrscrpt_ioc import __version__
 from bgrscrpt_ioc.settings import SettingsError, load_settings, slot_name
+from bgrscrpt_ioc.var_dir import VarDirUnusable, check_var_dir
 
 PROG = "bgrscrpt-ioc"
 
@@ -154,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         _ca_environment(loopback_only)
         var_dir = args.var_dir.absolute()
         try:
-            var_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--var-dir: cannot use {var_dir}: {exc.strerror or exc}") from None
+            check_var_dir(var_dir)  # before logging starts: one line, exit 2
+        except VarDirUnusable as exc:
+            raise UsageError(f"--var-dir: {exc}") from None
     except (UsageError, SettingsError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
-    from bgrscrpt_ioc.state_db import VarDirInUse
+    from bgrscrpt_ioc.var_dir import VarDirInUse
 
     options = IocOptions(
         prefix=args.prefix,
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return main_loop(options)
-    except VarDirInUse as exc:
+    except (VarDirInUse, VarDirUnusable) as exc:  # found once the IOC runs: one line too
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
