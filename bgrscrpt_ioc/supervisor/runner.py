@@ -130,7 +130,7 @@ class SlotRunner:
             self._timer.cancel()
             self._timer = None
         if self._checking is not None:
-            self._checking.cancel()
+            self._give_up_check("the IOC is stopping")
         self.notify.close()
         self.output.close()
 
@@ -142,7 +142,7 @@ class SlotRunner:
     def stop(self) -> None:
         self._apply(self.core.stop(time.monotonic()))
         if self._checking is not None and self.core.state is SlotState.STOPPING:
-            self._checking.cancel()  # nothing to wait for: it has not started
+            self._give_up_check("")  # nothing to wait for: it has not started
 
     def restart(self) -> None:
         self._apply(self.core.restart(time.monotonic()))
@@ -260,14 +260,19 @@ class SlotRunner:
         self._exited.clear()  # a shutdown waits for the check's outcome too
         self._checking = self._loop.create_task(self._check_then_spawn())
 
+    def _give_up_check(self, why: str) -> None:
+        """Cancel the check under way and settle the spawn here: a task cancelled before it
+        ever ran would not get the chance (its body never starts)."""
+        task, self._checking = self._checking, None
+        if task is not None:
+            task.cancel()
+            self._spawn_failed(why)
+
     async def _check_then_spawn(self) -> None:
         script = self.settings.script
         try:
             problem = await check_script(script)
-        except asyncio.CancelledError:  # a STOP came (see stop()), or the IOC is closing
-            self._checking = None
-            stopping = self.core.state is SlotState.STOPPING
-            self._spawn_failed("" if stopping else "the IOC is stopping")
+        except asyncio.CancelledError:  # given up (_give_up_check), which settled the spawn
             raise
         except Exception as exc:  # a bug in the check must not leave the slot STARTING
             log.exception("%s: checking %s failed", self.name, script)

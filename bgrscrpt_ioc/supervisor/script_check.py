@@ -34,7 +34,10 @@ except OSError as exc:
 try:
     compile(source, path, "exec", dont_inherit=True)
 except SyntaxError as exc:
-    print(f"syntax error in {path} line {exc.lineno}: {exc.msg}")
+    if exc.lineno is None:  # e.g. NUL bytes, in some 3.11 releases
+        print(f"cannot compile {path}: {exc.msg}")
+    else:
+        print(f"syntax error in {path} line {exc.lineno}: {exc.msg}")
 except (ValueError, MemoryError, RecursionError) as exc:
     print(f"cannot compile {path}: {type(exc).__name__}: {exc}")
 """

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from bgrscrpt_ioc import state_db as state_db_module
 from bgrscrpt_ioc.state_db import StateDB
 from bgrscrpt_ioc.state_disk import DiskStatus
+from tests.integration.faults import write_lock_held
 from tests.integration.harness import wait_for
 
 FAST = 0.05  # a call that touches only memory takes microseconds; this is generous
@@ -47,33 +46,6 @@ class Statuses:
     def any(self, test) -> bool:
         with self._lock:
             return any(test(s) for s in self.seen)
-
-
-@contextlib.contextmanager
-def write_lock_held(path: Path):
-    """Another process holds SQLite's write lock on ``path`` (BEGIN IMMEDIATE) until the end."""
-    code = (
-        "import sqlite3, sys\n"
-        "db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)\n"
-        "db.execute('BEGIN IMMEDIATE')\n"
-        "print('locked', flush=True)\n"
-        "sys.stdin.read()\n"
-        "db.execute('ROLLBACK')\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        yield proc
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
-        proc.stdout.close()
 
 
 @pytest.fixture
