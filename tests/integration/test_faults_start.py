@@ -130,3 +130,30 @@ def test_settings_at_the_edge_run(make_ioc, config_dir):
     assert "watchdog must be 0 (off) or 1 to 86400 s" in ioc.output()
     assert "Traceback" not in ioc.output()
     assert ioc.stop() == 0
+
+
+REPORTED = [
+    ("[slots.BGRSCRPT_01]\nmacros = { WHEN = 1979-05-27T07:32:00Z }\n", 2,
+     "slots.BGRSCRPT_01.macros: WHEN: must be a string, a number or true/false, not a date-time"),
+    ('[slots.BGRSCRPT_01]\nscript = "a\\u0000b.py"\n', 2,
+     "slots.BGRSCRPT_01.script: must be a file name or path, without control characters"),
+    ("[supervisor]\nwatchdog = 1e-300\n", 2,
+     "supervisor.watchdog: must be 0 or between 1 and 86400 s"),
+    ('[[watch]]\nname = "Z"\npvs = ["A"]\nrestart = ["X"]\n'
+     'procserv = { X = "999.999.999.999:40001" }\n', 5,
+     "watch.Z.procserv: X: '999.999.999.999:40001': 999.999.999.999 is not an IPv4 address"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line", "problem"), REPORTED)
+def test_the_reported_settings_are_refused_in_one_line(
+    tmp_path, config_dir, test_tag, text, line, problem
+):
+    """Each once passed validation and then crashed the IOC (or killed every run)."""
+    settings = config_dir / "bgrscrpt.toml"
+    settings.write_text(text)
+    var_dir = tmp_path / "var"
+    args = ["--prefix", "TBAD:", "--config-dir", str(config_dir), "--var-dir", str(var_dir)]
+    message = one_line_error(run_cli(args, cwd=tmp_path))
+    assert message.startswith(f"{settings}:{line}: {problem}"), message
+    assert not var_dir.exists()

@@ -49,7 +49,7 @@ class Statuses:
 
 
 @pytest.fixture
-def db(tmp_path):
+def db(tmp_path, test_tag):  # test_tag: the lock-holding process must not outlive the test
     db = StateDB(tmp_path / "state.sqlite")
     yield db
     db.close(timeout=5)
@@ -192,7 +192,7 @@ def test_corrupt_at_start_is_moved_aside_and_the_ioc_starts_afresh(tmp_path, cap
         db.close()
 
 
-def test_close_says_what_could_not_be_saved(tmp_path, caplog):
+def test_close_says_what_could_not_be_saved(tmp_path, caplog, test_tag):
     path = tmp_path / "state.sqlite"
     db = StateDB(path)
     wait_for(lambda: path.exists() and not db.unsaved(), 5, "the file")
