@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bgrscrpt_ioc import __version__
 from bgrscrpt_ioc.settings import SettingsError, load_settings, slot_name
+from bgrscrpt_ioc.var_dir import VarDirUnusable, check_var_dir
 
 PROG = "bgrscrpt-ioc"
 
@@ -152,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         _ca_environment(args.interfaces)
         var_dir = args.var_dir.absolute()
         try:
-            var_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--var-dir: cannot use {var_dir}: {exc.strerror or exc}") from None
+            check_var_dir(var_dir)  # before logging starts: one line, exit 2
+        except VarDirUnusable as exc:
+            raise UsageError(f"--var-dir: {exc}") from None
     except (UsageError, SettingsError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
     from bgrscrpt_ioc.ca.discovery import CannotServe
-    from bgrscrpt_ioc.state_db import VarDirInUse
+    from bgrscrpt_ioc.var_dir import VarDirInUse
 
     options = IocOptions(
         prefix=args.prefix,
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return main_loop(options)
-    except (VarDirInUse, CannotServe) as exc:
+    # Found once the IOC runs: one line too.
+    except (VarDirInUse, VarDirUnusable, CannotServe) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

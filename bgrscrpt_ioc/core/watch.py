@@ -52,6 +52,9 @@ SEVERITY_NAMES: tuple[str, ...] = ("MINOR", "MAJOR", "INVALID")
 NAMES_LIMIT = 8192
 """Characters of ``$(P)BGRSCRPT:WATCH:NAMES``: every watch name, separated by single spaces."""
 
+LOCKOUT_WAY_OUT = "; put ENABLE 1 to clear"
+"""Ends every LOCKOUT MSG: how to leave it."""
+
 CONNECT_GRACE = 5.0
 """A PV never connected since the watch began counts as disconnected only after this."""
 
@@ -117,9 +120,11 @@ class WatchCore:
         history: Iterable[float] = (),
         failures: int = 0,
         restart_count: int = 0,
+        lockout: str = "",
     ) -> None:
         """``history``: times of earlier restarts (on this clock) that count for ``window``;
-        ``failures``: failed recoveries in a row so far (sets the back-off)."""
+        ``failures``: failed recoveries in a row so far (sets the back-off); ``lockout``:
+        while ``locked_out``, the LOCKOUT's own words as recorded (why it locked out)."""
         if not pvs:
             raise ValueError("a watch needs at least one PV")
         self.policy = policy
@@ -133,13 +138,18 @@ class WatchCore:
             self.state = WatchState.LOCKOUT
         self.msg = "watching" if enabled else "disabled"
         if self.state is WatchState.LOCKOUT:
-            self.msg = f"LOCKOUT: {len(self.history)} restarts in {policy.window:g} s"
+            text = lockout or f"LOCKOUT: {len(self.history)} restarts in {policy.window:g} s"
+            self.msg = f"{text}{LOCKOUT_WAY_OUT}"
         self._since = now  # when the current state began
         self._retry_at = -math.inf  # FAILED: no automatic restart before this
         self._verify_until = math.inf
         self._restart_began = now
         self._need_any = False
         self._restart_what = "restart"
+        self._last_failure = ""  # why the last restart failed, while failures > 0
+        # The connect grace is a deadline like the others: once a tick has run at or
+        # after it, it is spent and next_deadline() no longer offers it.
+        self._grace_spent = False
 
     # ---- what the PVs say --------------------------------------------------
 
@@ -199,7 +209,14 @@ class WatchCore:
     # ---- time ----------------------------------------------------------------
 
     def tick(self, now: float) -> list[Action]:
-        """Let time pass: start, finish or give up whatever is due at ``now``."""
+        """Let time pass: start, finish or give up whatever is due at ``now``.
+
+        Every deadline that :meth:`next_deadline` offered and ``now`` has reached
+        is acted on here, however late: after ``tick(now)`` the next deadline is
+        later than ``now``, so a caller that sleeps until it never spins.
+        """
+        if now >= self.started + self.policy.connect_grace:
+            self._grace_spent = True
         state = self.state
         if state in (WatchState.DISABLED, WatchState.RESTARTING, WatchState.LOCKOUT):
             return []
@@ -214,9 +231,9 @@ class WatchCore:
                 held = now - self._since
                 self._enter(WatchState.OK, now, f"condition cleared after {held:.1f} s, no restart")
                 return []
-            if now - self._since < self.policy.delay:
-                wait = self.policy.delay - (now - self._since)
-                self.msg = f"{', '.join(triggering)}; restart in {wait:.1f} s unless it clears"
+            due = self._since + self.policy.delay  # the very sum next_deadline() offers
+            if now < due:
+                self.msg = f"{', '.join(triggering)}; restart in {due - now:.1f} s unless it clears"
                 return []
             return self._restart_or_lockout(now, ", ".join(triggering))
         if state is WatchState.VERIFYING:
@@ -244,10 +261,19 @@ class WatchCore:
         return []
 
     def next_deadline(self) -> float:
-        """When :meth:`tick` next has something to do (math.inf: only an event can)."""
+        """When :meth:`tick` next has something to do (math.inf: only an event can).
+
+        Never a time a tick has already passed with nothing changed: a deadline in
+        the past is one that no tick has yet run at.
+        """
         times = [math.inf]
         unseen = any(not pv.seen for pv in self.pvs.values())
-        if unseen and self.state in (WatchState.OK, WatchState.PENDING):
+        if (
+            unseen
+            and not self._grace_spent
+            and self.policy.disconnected
+            and self.state in (WatchState.OK, WatchState.PENDING)
+        ):
             times.append(self.started + self.policy.connect_grace)
         if self.state is WatchState.PENDING:
             times.append(self._since + self.policy.delay)
@@ -327,8 +353,13 @@ class WatchCore:
     def _restart_or_lockout(self, now: float, reason: str) -> list[Action]:
         count = self._in_window(now)
         if count >= self.policy.max_restarts:
-            text = f"LOCKOUT: {count} restarts in {self.policy.window:g} s"
-            self._enter(WatchState.LOCKOUT, now, f"{text}; put ENABLE 1 to clear")
+            # The way in and what went wrong last: the MSG a person reads to fix it.
+            if self.failures and self._last_failure:
+                last = f"last failure: {self._last_failure}"
+            else:
+                last = f"each recovery was followed by a new fault ({reason})"
+            text = f"LOCKOUT: {count} restarts in {self.policy.window:g} s; {last}"
+            self._enter(WatchState.LOCKOUT, now, f"{text}{LOCKOUT_WAY_OUT}")
             return [Outcome("lockout", text)]
         return self._begin_restart(now, reason, manual=False)
 
@@ -350,6 +381,7 @@ class WatchCore:
     def _fail(self, now: float, why: str) -> list[Action]:
         wait = min(self.policy.backoff * 2.0**self.failures, self.policy.backoff_max)
         self.failures += 1
+        self._last_failure = why
         self._retry_at = now + wait
         self._enter(WatchState.FAILED, now, f"{why}; next attempt in {wait:g} s")
         return [Outcome("failed", why)]
