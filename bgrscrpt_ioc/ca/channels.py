@@ -196,6 +196,16 @@ _BASE_DEFAULTS = {
 }
 
 
+# (channel attribute, limit field, its severity field, the severity it gives), as an
+# ai/ao/longin with HHSV=MAJOR, HSV=MINOR, LSV=MINOR, LLSV=MAJOR.
+_ALARM_LIMITS = (
+    ("upper_alarm_limit", "HIHI", "HHSV", "MAJOR"),
+    ("upper_warning_limit", "HIGH", "HSV", "MINOR"),
+    ("lower_warning_limit", "LOW", "LSV", "MINOR"),
+    ("lower_alarm_limit", "LOLO", "LLSV", "MAJOR"),
+)
+
+
 def describe_record(
     channel: ChannelData, state_severities: Mapping[int, AlarmSeverity] | None = None
 ) -> None:
@@ -203,7 +213,8 @@ def describe_record(
 
     ``.ASG`` reads READONLY for a read-only record (as in the templates), ``.EGU``
     the units, ``.FTVL`` CHAR for a char waveform, ``.DRVH``/``.DRVL`` and
-    ``.HOPR``/``.LOPR`` the control and display limits, the state names
+    ``.HOPR``/``.LOPR`` the control and display limits, ``.HIHI``/``.HIGH``/``.LOW``/
+    ``.LOLO`` with their severities the alarm limits that are set, the state names
     (``ZNAM``/``ONAM``, ``ZRST``…) the enum strings, and the ``xxSV`` fields
     of an mbbi/mbbo the severities in ``state_severities`` (state index → severity).
     """
@@ -219,6 +230,11 @@ def describe_record(
     if hasattr(channel, "upper_ctrl_limit"):
         values.update(DRVH=channel.upper_ctrl_limit, DRVL=channel.lower_ctrl_limit)
         values.update(HOPR=channel.upper_disp_limit, LOPR=channel.lower_disp_limit)
+    for attr, limit_field, severity_field, severity in _ALARM_LIMITS:
+        # caproto has no "no limit": 0 is none, as the templates leave them unset.
+        limit = getattr(channel, attr, 0) or 0
+        if limit:
+            values.update({limit_field: limit, severity_field: severity})
     if channel.data_type == ChannelType.ENUM:
         # caproto links most of these to enum_strings, but not mbbo's ZRST.
         names = ("ZNAM", "ONAM") if "ZNAM" in fields else _STATE_STRING_FIELDS

@@ -6,7 +6,7 @@ EPICS base IOC fills them from the record support of the record's type
 (``get_units``, ``get_precision``, ``get_graphic_double``,
 ``get_control_double``, ``get_alarm_double``), and from ``recGbl`` defaults for
 the fields a record type does not describe. This module does the same for the
-record types this IOC serves (longin, stringin, bo, bi, mbbi, mbbo, ao,
+record types this IOC serves (longin, stringin, bo, bi, mbbi, mbbo, ai, ao,
 waveform), from the record's own field values (``get(name)``).
 
 Checked field by field against a real softIoc (tests/unit/test_dbr_base.py).
@@ -116,6 +116,21 @@ def _ao(field: str, dbf: Dbf, get: FieldGetter) -> FieldInfo:
     )
 
 
+def _ai(field: str, dbf: Dbf, get: FieldGetter) -> FieldInfo:
+    # As ao, without the output fields: the operating range is the control range too.
+    prec = int(get("PREC"))
+    precision = prec if field == "VAL" else _precision_of_field(dbf, prec)
+    limits = _range(get, "HOPR", "LOPR") if field in _VALUE_LIKE else max_range(dbf)
+    return FieldInfo(
+        units=str(get("EGU")) if dbf == Dbf.DOUBLE or field == "VAL" else "",
+        precision=precision if dbf in FLOAT_DBFS else 0,
+        string_precision=precision,
+        graphic=limits,
+        control=limits,
+        alarm=_alarm_limits(get) if field == "VAL" else NO_ALARM_LIMITS,
+    )
+
+
 def _waveform(field: str, dbf: Dbf, get: FieldGetter) -> FieldInfo:
     prec = int(get("PREC"))
     precision = prec if field == "VAL" else _precision_of_field(dbf, prec)
@@ -148,6 +163,7 @@ def _undescribed(field: str, dbf: Dbf, get: FieldGetter) -> FieldInfo:
 
 _RECORDS: dict[str, Callable[[str, Dbf, FieldGetter], FieldInfo]] = {
     "longin": _longin,
+    "ai": _ai,
     "ao": _ao,
     "waveform": _waveform,
     "bo": _bo,

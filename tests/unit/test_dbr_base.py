@@ -181,6 +181,8 @@ def base_puts(prefix: str) -> list[tuple[str, object]]:
         (f"{prefix}BGRSCRPT:HEARTBEAT", IOC_HEARTBEAT),
         (f"{prefix}BGRSCRPT:UPTIME", IOC_UPTIME),
         (f"{prefix}BGRSCRPT:VERSION", __import__("bgrscrpt_ioc").__version__),
+        (f"{prefix}BGRSCRPT:MSG", []),
+        (f"{prefix}BGRSCRPT:LOOP_LAG", 0.0),
         (f"{prefix}BGRSCRPT:WATCH:DRYRUN", 0),
         (f"{prefix}BGRSCRPT:WATCH:NAMES", _text(names_text([w for *_, w, _ in ROUNDS]), 8192)),
     ]
