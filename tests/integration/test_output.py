@@ -6,7 +6,10 @@ files and psutil: it must stay responsive and bounded whatever a script prints.
 
 from __future__ import annotations
 
+import codecs
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -221,3 +224,56 @@ def test_an_exception_summary_reaches_msg(make_ioc, config_dir):
     msg = text(ioc, "BGRSCRPT_02:MSG")
     assert msg.startswith("FATAL: 3 starts within 30 s; last: failed to start: exited with code 1")
     assert "KeyError: 'no such block'" in msg
+
+
+def caget_text(ioc: Ioc, suffix: str) -> str:
+    """The PV as EPICS base's ``caget -S`` gets it: what a C client (CS-Studio) sees.
+
+    caget prints the C string escaped (a backslash as ``\\\\``, a newline as ``\\n``,
+    other bytes as ``\\xNN``); undone here. No caRepeater on PATH: one started by
+    caget would outlive the test.
+    """
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "caget"), "-t", "-S", "-w", "5", ioc.pv(suffix)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout.removesuffix(b"\n")
+    return codecs.escape_decode(printed)[0].decode("utf-8")  # type: ignore[attr-defined]
+
+
+def test_log_is_text_for_c_clients(make_ioc, config_dir):
+    """A NUL, ANSI colours, a window-title escape, BEL, a progress bar on one line and
+    bytes that are not UTF-8: ``caget -S`` shows every line, readable, up to the last;
+    the log file keeps the raw bytes."""
+    raw = (
+        b"before\x00after\n"
+        b"\x1b[1;31mred\x1b[0m and \x1b]0;title\x07plain\x07\n"
+        + b"".join(b"\rprogress %3d%%" % i for i in range(0, 101, 5))
+        + b"\nlatin-1 caf\xe9\n"
+        b"last line\n"
+    )
+    write_script(
+        config_dir,
+        "background_script.py",
+        f"""
+        import os, time
+        os.write(1, {raw!r})
+        time.sleep(60)
+        """,
+    )
+    ioc = make_ioc(SETTINGS, slots=1).start()
+    expected = "\n".join(
+        [
+            r"before\x00after",
+            r"red and plain\x07",
+            "progress 100%",
+            r"latin-1 caf\xe9",
+            "last line",
+        ]
+    )
+    wait_for(lambda: caget_text(ioc, f"{S01}:LOG") == expected, 10, f"caget -S LOG: {expected!r}")
+    assert text(ioc, f"{S01}:LOG") == expected  # libca through pyepics alike
+    assert raw in (ioc.var_dir / "logs" / f"{S01}.log").read_bytes()
