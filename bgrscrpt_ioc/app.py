@@ -23,9 +23,9 @@ from bgrscrpt_ioc.ca.pvdb import build_pvdb
 from bgrscrpt_ioc.recovery.service import WatchService
 from bgrscrpt_ioc.settings import Settings
 from bgrscrpt_ioc.state_db import StateDB, VarDirLock
+from bgrscrpt_ioc.supervisor.containment import Containment, detect
 from bgrscrpt_ioc.supervisor.guardian import Guardian
-from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group
-from bgrscrpt_ioc.supervisor.process import setpriv_prefix
+from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group, sweep
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
 
 log = logging.getLogger("bgrscrpt_ioc")
@@ -178,17 +178,17 @@ async def end_tasks(tasks: list[asyncio.Task], timeout: float = 5.0) -> None:
         log.warning("%d task(s) did not end when cancelled: %s", len(pending), pending)
 
 
-def _clean_leftovers(db: StateDB) -> None:
+def _clean_leftovers(db: StateDB, containment: Containment) -> None:
+    swept = sweep(containment)  # by cgroup and marker
     for run in db.open_runs():
-        killed = kill_leftover_group(run.pid, run.slot)
+        swept.setdefault(run.slot, []).extend(kill_leftover_group(run.pid, run.slot))
+    for slot, killed in swept.items():
         if killed:
             log.warning(
-                "%s: killed %d process(es) left by a previous IOC: %s",
-                run.slot,
-                len(killed),
-                killed,
+                "%s: killed %d process(es) left by a previous IOC: %s", slot, len(killed), killed
             )
-        db.run_ended(run.id, -9 if killed else 0, "ioc-exit")
+    for run in db.open_runs():
+        db.run_ended(run.id, -9 if swept.get(run.slot) else 0, "ioc-exit")
 
 
 async def run_ioc(options: IocOptions) -> int:
@@ -198,16 +198,19 @@ async def run_ioc(options: IocOptions) -> int:
     lock = VarDirLock(options.var_dir)
     lock.acquire()  # raises VarDirInUse, reported by the CLI
     db = StateDB(options.var_dir / "state.sqlite")
-    guardian = Guardian()
+    guardian: Guardian | None = None
     stop_requested = asyncio.Event()
     tasks: list[asyncio.Task] = []
     runners: list[SlotRunner] = []
     watches: WatchService | None = None
     try:
-        _clean_leftovers(db)
+        containment = detect(options.var_dir, [slot.name for slot in options.settings.slots])
+        _clean_leftovers(db, containment)
+        guardian = Guardian(containment.keeper_config())
         guardian.start()
-        # Probe setpriv now, not on the event loop when the first START arrives.
-        if not setpriv_prefix():
+        guardian.attach(loop)
+        log.info("%s", containment.describe())
+        if not guardian.uses_setpriv:
             log.warning("no setpriv with --pdeathsig: scripts start the slower way (full fork)")
         started = time.monotonic()
         publisher_ref: list[Publisher] = []
@@ -289,7 +292,8 @@ async def run_ioc(options: IocOptions) -> int:
         # Then whatever the server left (its circuits' tasks): asyncio.run would
         # cancel those only once and wait for ever.
         await end_tasks([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
-        guardian.close()
+        if guardian is not None:
+            guardian.close()
         db.close()
         lock.release()
 

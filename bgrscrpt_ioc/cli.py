@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
     from bgrscrpt_ioc.state_db import VarDirInUse
+    from bgrscrpt_ioc.supervisor.containment import ContainmentError
 
     options = IocOptions(
         prefix=args.prefix,
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return main_loop(options)
-    except VarDirInUse as exc:
+    except (VarDirInUse, ContainmentError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

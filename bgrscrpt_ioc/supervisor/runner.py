@@ -242,7 +242,7 @@ class SlotRunner:
                 self._spawn()
             elif isinstance(action, Kill):
                 if self.process is not None:
-                    self.process.kill_group(action.signum)
+                    self.process.signal_all(action.signum)
             elif isinstance(action, RunEnded) and self._run_id:
                 self.db.run_ended(self._run_id, action.exit_code, action.cause)
                 self._run_id = 0
@@ -289,6 +289,8 @@ class SlotRunner:
         try:
             process = ScriptProcess.spawn(
                 [sys.executable, str(script)],
+                slot=self.name,
+                guardian=self.guardian,
                 cwd=str(self.config_dir),
                 env=env,
                 on_output=self._on_output,
@@ -301,7 +303,6 @@ class SlotRunner:
         self.process = process
         assert self._exited is not None
         self._exited.clear()
-        self.guardian.add(process.pid)
         self._run_id = self.db.run_started(self.name, process.pid)
         self.output.mark(f"--- {wall_now()} {self.name}: started {script} pid {process.pid} ---")
         self._apply(self.core.spawned(process.pid, now))
@@ -314,7 +315,6 @@ class SlotRunner:
         process, self.process = self.process, None
         self.plot_url = ""  # the plot was served by the run that ended
         if process is not None:
-            self.guardian.remove(process.pid)
             process.close()
         summary = self.output.exception_summary
         actions = self.core.exited(returncode, time.monotonic(), summary)
