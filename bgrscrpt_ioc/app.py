@@ -23,6 +23,7 @@ from bgrscrpt_ioc.ca.pvdb import build_pvdb
 from bgrscrpt_ioc.recovery.service import WatchService
 from bgrscrpt_ioc.settings import Settings
 from bgrscrpt_ioc.state_db import StateDB, VarDirLock
+from bgrscrpt_ioc.supervisor import accounting
 from bgrscrpt_ioc.supervisor.containment import Containment, detect
 from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group, sweep
@@ -191,6 +192,23 @@ def _clean_leftovers(db: StateDB, containment: Containment) -> None:
         db.run_ended(run.id, -9 if swept.get(run.slot) else 0, "ioc-exit")
 
 
+def _accountant(
+    runners: list[SlotRunner], containment: Containment, guardian: Guardian
+) -> accounting.Accountant:
+    """Each slot's CPU, RSS and process count every 2 s, and its memory limit."""
+
+    def keeper() -> tuple[int | None, list[int]]:
+        return guardian.pid, list(guardian.leaders().values())
+
+    meters = [
+        accounting.SlotMeter(
+            r.name, containment.instance, containment.slots.get(r.name), r.leader, keeper
+        )
+        for r in runners
+    ]
+    return accounting.Accountant(list(zip(meters, runners, strict=True)))
+
+
 async def run_ioc(options: IocOptions) -> int:
     """Serve until SIGINT or SIGTERM; stop every script first; return the exit status."""
     loop = asyncio.get_running_loop()
@@ -256,6 +274,8 @@ async def run_ioc(options: IocOptions) -> int:
         ]
         for runner in runners:
             runner.open(loop)
+        if accounting.enabled():
+            tasks.append(asyncio.create_task(_accountant(runners, containment, guardian).run()))
         log.info(
             "serving %d PVs with prefix %r on %s; config dir %s; var dir %s",
             len(pvdb),

@@ -32,6 +32,7 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "watchdog": (float, 0.0, 86400.0),
     "log_max_bytes": (int, 1024, 1 << 40),
     "log_backups": (int, 0, 1000),
+    "memory_max": (float, 0.0, 1048576.0),  # MB; 0 = no limit
 }
 _SUPERVISOR_KEYS = set(_NUMBERS) | {"autorestart"}
 _SLOT_KEYS = _SUPERVISOR_KEYS | {"script", "macros"}

@@ -21,6 +21,7 @@ from bgrscrpt_ioc.ca.slot_pvs import SlotView
 from bgrscrpt_ioc.core.slot import AutoRestart, Kill, RunEnded, Slot, SlotState, Spawn
 from bgrscrpt_ioc.settings import SlotSettings
 from bgrscrpt_ioc.state_db import StateDB, wall_now
+from bgrscrpt_ioc.supervisor.accounting import Usage
 from bgrscrpt_ioc.supervisor.env import kit_root, script_environment
 from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.notify import NotifyListener
@@ -109,6 +110,7 @@ class SlotRunner:
         self._exited: asyncio.Event | None = None
         self._unsaved: dict[str, str] = {}
         self._save_timer: asyncio.TimerHandle | None = None
+        self.usage = Usage()
 
     # ---- persisted settings ------------------------------------------------
 
@@ -232,7 +234,29 @@ class SlotRunner:
             msg=core.message,
             log=self.output.tail,
             plot_url=self.plot_url,
+            cpu=round(self.usage.cpu_percent, 1),
+            rss=round(self.usage.rss_mb, 1),
+            nproc=self.usage.nproc,
+            memory_max=self.settings.policy.memory_max,
         )
+
+    # ---- resources -------------------------------------------------------------
+
+    def leader(self) -> int | None:
+        """The pid of the running script, None when none runs."""
+        return self.process.pid if self.process is not None else None
+
+    def account(self, usage: Usage, now: float) -> None:
+        """A measurement of the slot's processes (about every 2 s): shown, and held
+        against the memory limit."""
+        changed = usage != self.usage
+        self.usage = usage
+        actions = self.core.memory_used(usage.rss_mb, now)
+        if actions:
+            log.warning("%s: %s", self.name, self.core.message)
+            self._apply(actions)
+        elif changed:
+            self.on_change()
 
     # ---- carrying out the core's decisions -----------------------------------
 

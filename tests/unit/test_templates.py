@@ -41,6 +41,7 @@ CA_TYPE = {
     "mbbi": ChannelType.ENUM,
     "longin": ChannelType.LONG,
     "ao": ChannelType.DOUBLE,
+    "ai": ChannelType.DOUBLE,
     "stringin": ChannelType.STRING,
 }
 WAVEFORM_CA_TYPE = {"CHAR": ChannelType.CHAR}
