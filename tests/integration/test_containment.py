@@ -11,25 +11,20 @@ leaves any of them running.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sqlite3
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from tests.integration.conftest import write_script
-from tests.integration.harness import Ioc, process_gone, wait_for
+from tests.integration.harness import Ioc, caget_text, process_gone, wait_for
+from tests.integration.mechanisms import start as start_under
 
 S01 = "BGRSCRPT_01"
-UNIFIED = Path("/sys/fs/cgroup/unified")
-CGROUP_ROOT = UNIFIED if (UNIFIED / "cgroup.procs").exists() else Path("/sys/fs/cgroup")
 
 SETTINGS = """
 [supervisor]
@@ -67,67 +62,8 @@ while True:
 """
 
 
-@dataclass
-class Mechanism:
-    name: str
-    env: dict[str, str] = field(default_factory=dict)
-    cgroup: Path | None = None  # the test's cgroup, in which the IOC is started
-
-    def preexec(self) -> Any:
-        if self.cgroup is None:
-            return None
-        procs = str(self.cgroup / "cgroup.procs")
-
-        def enter() -> None:
-            with open(procs, "w") as f:
-                f.write("0")
-
-        return enter
-
-    def ioc_cgroups(self) -> list[Path]:
-        """The cgroups the IOC made below the test's cgroup."""
-        if self.cgroup is None:
-            return []
-        return sorted(p for p in self.cgroup.rglob("*") if p.is_dir())
-
-
-def cgroups_usable() -> bool:
-    return os.geteuid() == 0 and os.access(CGROUP_ROOT / "cgroup.procs", os.W_OK)
-
-
-@pytest.fixture(params=["cgroup", "subreaper"])
-def mechanism(request) -> Iterator[Mechanism]:
-    """The mechanism to test. Ask for it before ``make_ioc``: its cgroup is checked and
-    removed after the IOCs are stopped."""
-    if request.param == "subreaper":
-        yield Mechanism("subreaper", {"BGRSCRPT_CONTAINMENT": "subreaper"})
-        return
-    if not cgroups_usable():
-        pytest.skip("needs root and a writable cgroup v2 hierarchy")
-    path = CGROUP_ROOT / f"containment-test-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    try:
-        yield Mechanism("cgroup", {"BGRSCRPT_CONTAINMENT": "cgroup"}, path)
-    finally:
-        # The IOC's keeper removes its cgroups when it ends; anything left fails the test.
-        left = [p for p in path.rglob("*") if p.is_dir()]
-        wait_for(lambda: not (path / "cgroup.procs").read_text(), 10, "the test cgroup empty")
-        for sub in sorted(left, key=lambda p: -len(p.parts)):
-            with contextlib.suppress(OSError):
-                sub.rmdir()
-        path.rmdir()
-        assert not left, f"cgroups left behind: {left}"
-
-
-def start(make_ioc, mechanism: Mechanism, settings: str = SETTINGS, **kw: Any) -> Ioc:
-    kw.setdefault("slots", 1)
-    ioc = make_ioc(settings, env=mechanism.env, preexec_fn=mechanism.preexec(), **kw).start()
-    expected = {
-        "cgroup": "containment: one cgroup per slot under ",
-        "subreaper": "containment: the keeper as child subreaper",
-    }[mechanism.name]
-    wait_for(lambda: expected in ioc.output(), 5, f"the line {expected!r} in the IOC's log")
-    return ioc
+def start(make_ioc, mechanism, settings: str = SETTINGS, **kw: Any) -> Ioc:
+    return start_under(make_ioc, mechanism, settings, **kw)
 
 
 def runs(config_dir: Path, count: int) -> list[tuple[int, int, int]]:
@@ -195,7 +131,7 @@ def test_escaped_helpers_end_when_the_watchdog_kills_the_script(mechanism, make_
     ioc = start(make_ioc, mechanism, SETTINGS + 'watchdog = 1.0\nautorestart = "Off"\n')
     run = runs(config_dir, 1)[0]
     ioc.wait_status("EXITED", timeout=10)
-    assert ioc.get(f"{S01}:MSG", as_string=True).startswith("watchdog: killed by SIGTERM")
+    assert caget_text(ioc, f"{S01}:MSG").startswith("watchdog: killed by SIGTERM")
     all_gone(run, "the script, its helper and its daemon gone after the watchdog")
 
 

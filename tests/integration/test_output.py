@@ -6,10 +6,7 @@ files and psutil: it must stay responsive and bounded whatever a script prints.
 
 from __future__ import annotations
 
-import codecs
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ from typing import Any
 import psutil
 
 from tests.integration.conftest import write_script
-from tests.integration.harness import Ioc, wait_for
+from tests.integration.harness import Ioc, caget_text, wait_for
 
 S01 = "BGRSCRPT_01"
 LOG_MAX_BYTES = 256 * 1024
@@ -224,24 +221,6 @@ def test_an_exception_summary_reaches_msg(make_ioc, config_dir):
     msg = text(ioc, "BGRSCRPT_02:MSG")
     assert msg.startswith("FATAL: 3 starts within 30 s; last: failed to start: exited with code 1")
     assert "KeyError: 'no such block'" in msg
-
-
-def caget_text(ioc: Ioc, suffix: str) -> str:
-    """The PV as EPICS base's ``caget -S`` gets it: what a C client (CS-Studio) sees.
-
-    caget prints the C string escaped (a backslash as ``\\\\``, a newline as ``\\n``,
-    other bytes as ``\\xNN``); undone here. No caRepeater on PATH: one started by
-    caget would outlive the test.
-    """
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "caget"), "-t", "-S", "-w", "5", ioc.pv(suffix)],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    printed = out.stdout.removesuffix(b"\n")
-    return codecs.escape_decode(printed)[0].decode("utf-8")  # type: ignore[attr-defined]
 
 
 def test_log_is_text_for_c_clients(make_ioc, config_dir):
