@@ -276,6 +276,9 @@ async def run_ioc(options: IocOptions) -> int:
             runner.open(loop)
         if accounting.enabled():
             tasks.append(asyncio.create_task(_accountant(runners, containment, guardian).run()))
+        elif any(slot.policy.memory_max > 0 for slot in options.settings.slots):
+            log.warning("%s=off: CPU and memory are not measured, memory_max is not enforced",
+                        accounting.SWITCH_VAR)  # fmt: skip
         log.info(
             "serving %d PVs with prefix %r on %s; config dir %s; var dir %s",
             len(pvdb),

@@ -103,7 +103,7 @@ def _usage(usage: commands.Usage | None) -> list[str]:
     """CPU, MEMORY (with the limit when there is one) and PROCS cells."""
     if usage is None:
         return ["-", "-", "-"]
-    limit = f"/{usage.memory_max:g}" if usage.memory_max > 0 else ""
+    limit = f"/{usage.memory_max:.1f}" if usage.memory_max > 0 else ""
     return [f"{usage.cpu:.1f}%", f"{usage.rss:.1f}{limit}MB", str(usage.nproc)]
 
 
