@@ -63,11 +63,14 @@ def provide(name: str) -> Iterator[Mechanism]:
     finally:
         # The IOC's keeper removes its cgroups when it ends; anything left fails the test.
         left = [p for p in path.rglob("*") if p.is_dir()]
-        wait_for(lambda: not (path / "cgroup.procs").read_text(), 10, "the test cgroup empty")
-        for sub in sorted(left, key=lambda p: -len(p.parts)):
+        try:
+            wait_for(lambda: not (path / "cgroup.procs").read_text(), 10, "the test cgroup empty")
+        finally:
+            for sub in sorted(left, key=lambda p: -len(p.parts)):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
             with contextlib.suppress(OSError):
-                sub.rmdir()
-        path.rmdir()
+                path.rmdir()
         assert not left, f"cgroups left behind: {left}"
 
 
