@@ -55,8 +55,9 @@ class KeeperConfig:
 class Guardian:
     """Starts and talks to the keeper. Use it from the event loop's thread."""
 
-    def __init__(self, config: KeeperConfig) -> None:
+    def __init__(self, config: KeeperConfig, reply_timeout: float = _REPLY_TIMEOUT) -> None:
         self.config = config
+        self.reply_timeout = reply_timeout
         self.uses_setpriv = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -65,6 +66,8 @@ class Guardian:
         self._slot_of: dict[int, str] = {}
         self._pending: list[dict[str, Any]] = []
         self._closing = False
+        self._requests = 0
+        self._unanswered: dict[int, float] = {}  # request id -> when it must be answered
 
     @property
     def pid(self) -> int | None:
@@ -136,7 +139,7 @@ class Guardian:
             raise OSError(f"the script's arguments and environment exceed {MAX_MESSAGE} bytes")
         try:
             socket.send_fds(sock, [payload], [out_fd])
-            deadline = time.monotonic() + _REPLY_TIMEOUT
+            deadline = time.monotonic() + self.reply_timeout
             while True:
                 reply = self._receive_blocking(sock, deadline)
                 if reply.get("op") in ("spawned", "error") and reply.get("slot") == slot:
@@ -156,8 +159,18 @@ class Guardian:
         return pid
 
     def signal(self, slot: str, signum: int) -> None:
-        """``signum`` to every process of ``slot``'s running script, whatever its session."""
-        self._send({"op": "signal", "slot": slot, "signum": int(signum)})
+        """``signum`` to every process of ``slot``'s running script, whatever its session.
+
+        A keeper that does not confirm within ``reply_timeout`` (stopped, wedged) is
+        replaced: its scripts die with it, and their runs end as killed.
+        """
+        self._requests += 1
+        request = {"op": "signal", "slot": slot, "signum": int(signum), "id": self._requests}
+        self._send(request)
+        if self._proc is None or self._loop is None:
+            return
+        self._unanswered[self._requests] = time.monotonic() + self.reply_timeout
+        self._loop.call_later(self.reply_timeout + 0.1, self._check_answers)
 
     def close(self) -> None:
         """End the keeper (it kills whatever is left and removes the cgroups), wait for it."""
@@ -225,9 +238,17 @@ class Guardian:
             self._pending.append(json.loads(data))
         self._dispatch_pending()
 
+    def _check_answers(self) -> None:
+        now = time.monotonic()
+        if any(deadline < now for deadline in self._unanswered.values()):
+            self._lost(f"did not answer a request within {self.reply_timeout:g} s")
+
     def _dispatch_pending(self) -> None:
         pending, self._pending = self._pending, []
         for message in pending:
+            if message.get("op") == "done":
+                self._unanswered.pop(message.get("id"), None)  # type: ignore[arg-type]
+                continue
             if message.get("op") != "exited":
                 continue
             pid = int(message["pid"])
@@ -242,6 +263,7 @@ class Guardian:
         if proc is None or sock is None or self._closing:
             return
         self._proc = self._sock = None
+        self._unanswered.clear()
         if self._loop is not None:
             self._loop.remove_reader(sock.fileno())
         sock.close()

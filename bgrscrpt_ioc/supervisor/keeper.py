@@ -169,6 +169,7 @@ class Keeper:
             os.close(fd)
         if op == "signal":
             self.signal_slot(str(message["slot"]), int(message["signum"]))
+            self.send({"op": "done", "id": message.get("id")})
         return op != "exit"
 
     def send(self, message: dict[str, Any]) -> None:
@@ -286,21 +287,16 @@ class Keeper:
             with self.lock:
                 if pid in self.placing:  # reaped once moved: the pid must not be reused
                     continue
-            try:
-                exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                exited = None
-                code = 255  # someone else reaped it: the status is lost
-            else:
-                if exited is None:
-                    continue
+            with contextlib.suppress(ChildProcessError):  # (gone: report it all the same)
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                    continue  # still running
             # Kill what it left before reaping: the zombie keeps its pgid from reuse.
             self.kill_slot(slot, pid)
             try:
                 _, status = os.waitpid(pid, 0)
                 code = os.waitstatus_to_exitcode(status)
             except ChildProcessError:
-                code = 255
+                code = 255  # someone else reaped it: the status is lost
             popen.returncode = code  # subprocess must not wait for it again
             del self.leaders[pid]
             self.slot_leader.pop(slot, None)

@@ -340,3 +340,42 @@ def test_sitecustomize_runs_the_script_only_once_placed(answer, code, stderr):
     assert proc.returncode == code
     assert out == (b"ran\n" if code == 0 else b"")
     assert err.endswith(stderr)
+
+
+async def test_a_stopped_keeper_is_replaced_when_it_does_not_answer(strays):
+    """kill -STOP on the keeper: the next STOP is not confirmed in time, so the keeper is
+    killed (its script dies with it) and replaced, and the run ends as killed."""
+    guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]), reply_timeout=0.5)
+    guardian.start()
+    guardian.attach(asyncio.get_running_loop())
+    exited = asyncio.Event()
+    codes: list[int] = []
+
+    def on_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = guardian.spawn(
+            "BGRSCRPT_01",
+            [PY, "-c", "import time; time.sleep(60)"],
+            cwd="/",
+            env=dict(os.environ),
+            out_fd=write_fd,
+            on_exit=on_exit,
+        )
+        strays.append(pid)
+        old = guardian.pid
+        assert old is not None
+        os.kill(old, signal.SIGSTOP)
+        guardian.signal("BGRSCRPT_01", signal.SIGTERM)
+        await asyncio.wait_for(exited.wait(), TIMEOUT)
+        assert codes == [-signal.SIGKILL]
+        await wait_gone(pid)
+        assert gone(old)
+        assert guardian.pid not in (None, old)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+        guardian.close()
