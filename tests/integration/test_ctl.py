@@ -184,7 +184,10 @@ def test_start_that_does_not_take_effect(make_ioc, config_dir: Path):
     assert ioc.status("BGRSCRPT_02") == "STOPPED"
 
     # status shows a slot down on its own with exit status 3
+    starts = ioc.get("BGRSCRPT_01:START_CNT")
     ioc.put("BGRSCRPT_01:START", 1)
+    # Three more failed starts (not the FATAL shown before the START was published).
+    wait_for(lambda: ioc.get("BGRSCRPT_01:START_CNT") >= starts + 3, 30, "three more starts")
     ioc.wait_status("FATAL", timeout=30)  # BACKOFF would not hold still long enough
     result = run_ctl("--prefix", ioc.prefix, "status")
     assert result.returncode == 3, (result.stdout, result.stderr)
