@@ -86,7 +86,7 @@ class Guardian:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(KEEPER), self.config.to_json()],
-                stdin=theirs,
+                stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
                 # Own session: a Ctrl-C or a signal to the IOC's group must not reach it.
                 start_new_session=True,

@@ -27,6 +27,7 @@ from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.notify import NotifyListener
 from bgrscrpt_ioc.supervisor.output import OutputCapture
 from bgrscrpt_ioc.supervisor.process import ScriptProcess
+from bgrscrpt_ioc.supervisor.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +352,8 @@ class SlotRunner:
             self._exited.set()
 
     def _on_notify(self, fields: dict[str, str]) -> None:
+        if "STATUS" in fields:  # goes to MSG: text for C clients, as LOG is
+            fields["STATUS"] = printable(fields["STATUS"])
         if "PLOT_URL" in fields and self.process is not None:
             self.plot_url = fields["PLOT_URL"]
         self._apply(self.core.notified(fields, time.monotonic()))

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from bgrscrpt_ioc.supervisor.output import OutputCapture
+from bgrscrpt_ioc.supervisor.terminal import printable
 
 TRACEBACK = (
     b"working\n"
@@ -300,3 +301,9 @@ def test_a_long_line_ended_by_carriage_returns_shows_its_final_state(capture):
 def test_summary_is_text(capture):
     capture.feed(TRACEBACK.replace(b"division by zero", b"bad\x00\x1b[31mzero"))
     assert capture.exception_summary == "ZeroDivisionError: bad\\x00zero"
+
+
+def test_status_text_is_made_printable_the_same_way():
+    assert printable("calibrated 3 of 5") == "calibrated 3 of 5"
+    assert printable("a\x00b\x1b[31mc\x1b[0m\nnext") == "a\\x00bc next"
+    assert printable("10%\r100%") == "100%"
