@@ -169,3 +169,21 @@ def test_marked_finds_only_this_instance():
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_usage_read_from_cgroup_files(tmp_path):
+    """cpu.stat and memory.stat as cgroup v2 writes them (memory only with the controller)."""
+    from bgrscrpt_ioc.supervisor import cgroups
+
+    (tmp_path / "cpu.stat").write_text(
+        "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\n"
+    )
+    (tmp_path / "cgroup.procs").write_text("10\n11\n")
+    assert cgroups.cpu_usec(str(tmp_path)) == 1234567
+    assert cgroups.procs(str(tmp_path)) == [10, 11]
+    assert cgroups.memory_bytes(str(tmp_path)) is None  # no memory controller here
+    (tmp_path / "memory.stat").write_text("anon 4096000\nfile 9999999\nfile_mapped 1000\nshmem 0\n")
+    assert cgroups.memory_bytes(str(tmp_path)) == 4096000 + 1000  # the page cache is not RSS
+    gone = tmp_path / "gone"
+    assert cgroups.cpu_usec(str(gone)) is None and cgroups.procs(str(gone)) == []
+    assert not cgroups.populated(str(gone))
