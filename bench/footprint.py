@@ -5,7 +5,7 @@ client is the bench, holding the STATUS and PID channels it read. After
 ``SETTLE_S`` s, psutil samples the IOC process every second for ``MEASURE_S``
 s: RSS (and PSS/USS) per sample, CPU% = (user+system CPU time used) / wall
 time over the whole window, and per ``WINDOW_S`` s window.
-The IOC's guardian process (a child of its own, not a script) is reported
+The IOC's keeper process (its child, the scripts' parent) is reported
 separately; the scripts are not counted. Then the same for the peer:
 ``python -m epicscorelibs.ioc`` with db_templates/bgrscrpt.db for BGRSCRPT_01
 and _02 and db_templates/bgrscrpt_ioc.db (an embedded Python interpreter

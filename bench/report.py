@@ -353,8 +353,8 @@ def _footprint_section(r: dict) -> list[str]:
         f"{_f(r['measure_s'], 0)} s: RSS (max and median; PSS and USS too), CPU% = CPU time "
         f"used (user + system) ÷ wall time over the whole window (and per "
         f"{_f(footprint.WINDOW_S, 0)} s window). The scripts are not counted; the IOC's "
-        f"guardian helper process is shown separately. Peer, measured the same way right "
-        f"after: `python -m epicscorelibs.ioc` loading the same records (two slots of "
+        f"keeper process (the scripts' parent) is shown separately. Peer, measured the same "
+        f"way right after: `python -m epicscorelibs.ioc` loading the same records (two slots of "
         f"db_templates/bgrscrpt.db + db_templates/bgrscrpt_ioc.db). That peer is a Python "
         f"interpreter embedding EPICS base with both its CA server and the QSRV pvAccess "
         f"server; its records are passive, while the IOC updates HEARTBEAT/UPTIME every second.",

@@ -27,9 +27,10 @@ from bgrscrpt_ioc.ioc_health import LoopLag, health_message
 from bgrscrpt_ioc.recovery.service import WatchService
 from bgrscrpt_ioc.settings import Settings
 from bgrscrpt_ioc.state_db import StateDB
+from bgrscrpt_ioc.supervisor import accounting
+from bgrscrpt_ioc.supervisor.containment import Containment, detect
 from bgrscrpt_ioc.supervisor.guardian import Guardian
-from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group
-from bgrscrpt_ioc.supervisor.process import setpriv_prefix
+from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group, sweep
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
 from bgrscrpt_ioc.var_dir import VarDirLock, VarDirUnusable, check_var_dir
 
@@ -170,29 +171,47 @@ async def end_tasks(tasks: list[asyncio.Task], timeout: float = 5.0) -> None:
         log.warning("%d task(s) did not end when cancelled: %s", len(pending), pending)
 
 
-def _clean_leftovers(db: StateDB) -> None:
+def _clean_leftovers(db: StateDB, containment: Containment) -> None:
     """Runs a dead IOC left open: kill what survives of them, and record how they ended.
 
-    When the IOC dies without stopping its scripts (SIGKILL, a crash), each script
-    leader gets SIGKILL from the kernel (PR_SET_PDEATHSIG) and the guardian
-    SIGKILLs every group: such a run ended by SIGKILL, whoever sent it.
+    When the IOC dies without stopping its scripts (SIGKILL, a crash), the keeper
+    SIGKILLs every process of every slot (and the kernel each script leader, through
+    PR_SET_PDEATHSIG): such a run ended by SIGKILL, whoever sent it. What survived
+    anyway is found by cgroup and marker (``sweep``) or by its process group.
     """
+    swept = sweep(containment)  # by cgroup and marker
     for run in db.open_runs():
-        killed = kill_leftover_group(run.pid, run.slot)
+        swept.setdefault(run.slot, []).extend(kill_leftover_group(run.pid, run.slot))
+    for slot, killed in swept.items():
         if killed:
             log.warning(
-                "%s: killed %d process(es) left by a previous IOC: %s",
-                run.slot,
-                len(killed),
-                killed,
+                "%s: killed %d process(es) left by a previous IOC: %s", slot, len(killed), killed
             )
-        else:
+    for run in db.open_runs():
+        if not swept.get(run.slot):
             log.warning(
                 "%s: the run of pid %d ended when the previous IOC died (killed by SIGKILL)",
                 run.slot,
                 run.pid,
             )
         db.run_ended(run.id, -int(signal.SIGKILL), "ioc-exit")
+
+
+def _accountant(
+    runners: list[SlotRunner], containment: Containment, guardian: Guardian
+) -> accounting.Accountant:
+    """Each slot's CPU, RSS and process count every 2 s, and its memory limit."""
+
+    def keeper() -> tuple[int | None, list[int]]:
+        return guardian.pid, list(guardian.leaders().values())
+
+    meters = [
+        accounting.SlotMeter(
+            r.name, containment.instance, containment.slots.get(r.name), r.leader, keeper
+        )
+        for r in runners
+    ]
+    return accounting.Accountant(list(zip(meters, runners, strict=True)))
 
 
 async def run_ioc(options: IocOptions) -> int:
@@ -206,16 +225,19 @@ async def run_ioc(options: IocOptions) -> int:
     except BaseException:
         lock.release()
         raise
-    guardian = Guardian()
+    guardian: Guardian | None = None
     stop_requested = asyncio.Event()
     tasks: list[asyncio.Task] = []
     runners: list[SlotRunner] = []
     watches: WatchService | None = None
     try:
-        _clean_leftovers(db)
+        containment = detect(options.var_dir, [slot.name for slot in options.settings.slots])
+        _clean_leftovers(db, containment)
+        guardian = Guardian(containment.keeper_config())
         guardian.start()
-        # Probe setpriv now, not on the event loop when the first START arrives.
-        if not setpriv_prefix():
+        guardian.attach(loop)
+        log.info("%s", containment.describe())
+        if not guardian.uses_setpriv:
             log.warning("no setpriv with --pdeathsig: scripts start the slower way (full fork)")
         started = time.monotonic()
         publisher_ref: list[Publisher] = []
@@ -280,6 +302,11 @@ async def run_ioc(options: IocOptions) -> int:
         ]
         for runner in runners:
             runner.open(loop)
+        if accounting.enabled():
+            tasks.append(asyncio.create_task(_accountant(runners, containment, guardian).run()))
+        elif any(slot.policy.memory_max > 0 for slot in options.settings.slots):
+            log.warning("%s=off: CPU and memory are not measured, memory_max is not enforced",
+                        accounting.SWITCH_VAR)  # fmt: skip
         log.info(
             "serving %d PVs with prefix %r on %s; config dir %s; var dir %s",
             len(pvdb),
@@ -316,7 +343,8 @@ async def run_ioc(options: IocOptions) -> int:
         # Then whatever the server left (its circuits' tasks): asyncio.run would
         # cancel those only once and wait for ever.
         await end_tasks([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
-        guardian.close()
+        if guardian is not None:
+            guardian.close()
         await db.aclose()  # what could not be saved is logged there, change by change
         lock.release()
 

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
     from bgrscrpt_ioc.ca.discovery import CannotServe
+    from bgrscrpt_ioc.supervisor.containment import ContainmentError
     from bgrscrpt_ioc.var_dir import VarDirInUse
 
     options = IocOptions(
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return main_loop(options)
     # Found once the IOC runs: one line too.
-    except (VarDirInUse, VarDirUnusable, CannotServe) as exc:
+    except (VarDirInUse, VarDirUnusable, CannotServe, ContainmentError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

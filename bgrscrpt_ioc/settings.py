@@ -157,6 +157,7 @@ _SUPERVISOR: dict[str, Callable[[Any], Any]] = {
     "watchdog": Number(float, WATCHDOG_MIN, WATCHDOG_MAX, zero=True, unit="s"),
     "log_max_bytes": Number(int, 1024, 1 << 40),
     "log_backups": Number(int, 0, 1000),
+    "memory_max": Number(float, 1.0, 1048576.0, zero=True, unit="MB"),  # 0 = no limit
     "autorestart": _autorestart,
 }
 _SLOT: dict[str, Callable[[Any], Any]] = {**_SUPERVISOR, "script": _script, "macros": _macros}

@@ -58,6 +58,21 @@ def counter(name: str, doc: str, **kwargs: Any) -> pvproperty:
     )
 
 
+def measure(name: str, doc: str, units: str, precision: int = 1) -> pvproperty:
+    """A read-only ai: a measured quantity with its units."""
+    return pvproperty(
+        name=name,
+        dtype=float,
+        value=0.0,
+        read_only=True,
+        record="ai",
+        doc=doc,
+        alarm_group=name,
+        units=units,
+        precision=precision,
+    )
+
+
 def text(name: str, doc: str, max_length: int) -> pvproperty:
     """A read-only char waveform of ``max_length`` bytes."""
     return pvproperty(

@@ -60,6 +60,10 @@ class SlotView:
     msg: str = ""
     log: str = ""
     plot_url: str = ""
+    cpu: float = 0.0  # % of one core, every process of the run
+    rss: float = 0.0  # MB, every process of the run
+    nproc: int = 0
+    memory_max: float = 0.0  # MB, 0 = no limit
 
 
 class SlotController(Protocol):
@@ -134,6 +138,10 @@ class SlotPVs(BasePVGroup):
     plot_url = props.text(
         "PLOT_URL", "URL of the live plot, empty if none", TEXT_LIMITS["plot_url"]
     )
+    cpu = props.measure("CPU", "CPU of the script and all it started", "%")
+    rss = props.measure("RSS", "RSS of the script and all it started", "MB")
+    nproc = props.counter("NPROC", "Processes of the script, itself too")
+    memory_max = props.measure("MEMORY_MAX", "Memory limit, 0=none", "MB", precision=0)
 
     def __init__(self, prefix: str, controller: SlotController, view: SlotView):
         self.controller = controller
@@ -229,15 +237,16 @@ class SlotPVs(BasePVGroup):
         out: dict[str, Any] = {}
         if want("status"):
             out["status"] = _label(STATUS_LABELS, view.status, "status")
-        for name in ("heartbeat", "pid", "start_cnt", "exit_code", "uptime"):
+        for name in ("heartbeat", "pid", "start_cnt", "exit_code", "uptime", "nproc"):
             if want(name):
                 out[name] = int(getattr(view, name))
         if want("registered"):
             out["registered"] = NO_YES[bool(view.registered)]
         if want("autorestart"):
             out["autorestart"] = _label(AUTORESTART_LABELS, view.autorestart, "autorestart")
-        if want("watchdog"):
-            out["watchdog"] = float(view.watchdog)
+        for name in ("watchdog", "cpu", "rss", "memory_max"):
+            if want(name):
+                out[name] = float(getattr(view, name))
         for name, limit in TEXT_LIMITS.items():
             if want(name):
                 out[name] = char_waveform_text(getattr(view, name), limit, keep_end=name == "log")

@@ -49,6 +49,7 @@ class Cause:
     EXIT_CODE = "exit-code"
     SIGNAL = "signal"
     WATCHDOG = "watchdog"
+    MEMORY = "memory"
     STOP = "stop"
     START_LIMIT = "start-limit"
 
@@ -63,6 +64,7 @@ class Policy:
     backoff_max: float = 60.0
     start_limit_burst: int = 5
     start_limit_interval: float = 60.0
+    memory_max: float = 0.0  # MB (MiB) of RSS for all of a run's processes; 0 = no limit
 
 
 # Actions the adapter carries out, in order.
@@ -123,7 +125,8 @@ class Slot:
     _retry_at: float = 0.0  # BACKOFF: when to start again
     _kill_at: float | None = None  # STOPPING: when SIGTERM turns into SIGKILL
     _stop_cause: str = Cause.STOP  # STOPPING: what we record when it ends
-    _then: str = ""  # STOPPING: "start" (operator), "restart"/"exit" (watchdog), "" (stop)
+    _then: str = ""  # STOPPING: "start" (operator), "restart"/"exit" (a failure), "" (stop)
+    _failure: str = ""  # STOPPING for a failure: what it was ("watchdog", "memory limit …")
     _starts: deque[float] = field(default_factory=deque)
     _before_spawn: SlotState | None = None  # STARTING by an operator: where a failed spawn returns
 
@@ -242,12 +245,12 @@ class Slot:
                 self._starts.clear()
                 actions += self._spawn(now, manual=True)
                 return actions
-            if then == "restart":  # the watchdog's kill
-                actions += self._after_failure(now, cause, returncode, f"watchdog: {what}")
+            if then == "restart":  # killed for a failure (watchdog, memory limit)
+                actions += self._after_failure(now, cause, returncode, f"{self._failure}: {what}")
                 return actions
-            if then == "exit":  # the watchdog's kill, with AUTORESTART Off
+            if then == "exit":  # the same, with AUTORESTART Off
                 self.state = SlotState.EXITED
-                self.message = f"watchdog: {what}"
+                self.message = f"{self._failure}: {what}"
                 actions.append(RunEnded(cause, returncode))
                 return actions
             self.state = SlotState.STOPPED
@@ -313,9 +316,12 @@ class Slot:
                 return []
             if self.watchdog > 0 and now >= self.last_beat + self.watchdog:
                 late = now - self.last_beat
-                restart = "restart" if self.autorestart is not AutoRestart.OFF else "exit"
+                self._failure = "watchdog"
                 return self._begin_stop(
-                    now, Cause.WATCHDOG, then=restart, why=f"watchdog: no beat for {late:.1f} s"
+                    now,
+                    Cause.WATCHDOG,
+                    then=self._then_failure(),
+                    why=f"watchdog: no beat for {late:.1f} s",
                 )
             if self.state is SlotState.STARTING and now >= self.run_started + self.policy.startsecs:
                 self.state = SlotState.RUNNING
@@ -330,6 +336,23 @@ class Slot:
             self.message = f"did not stop within {self.policy.stop_timeout:g} s: SIGKILL"
             return [Kill(signal.SIGKILL)]
         return []
+
+    def memory_used(self, rss_mb: float, now: float) -> list[Action]:
+        """A measurement of the run's memory: the RSS of all its processes, in MB.
+
+        Above ``policy.memory_max`` the run is killed at once (SIGKILL: it would only
+        grow while it cleaned up) and that counts as a failure, like the watchdog's:
+        the restart policy applies, and the start limit counts it.
+        """
+        limit = self.policy.memory_max
+        if limit <= 0 or rss_mb <= limit or self.run_started is None:
+            return []
+        if self.state not in (SlotState.STARTING, SlotState.RUNNING):
+            return []
+        self._failure = f"memory limit {limit:g} MB exceeded (RSS {rss_mb:.0f} MB)"
+        return self._begin_stop(
+            now, Cause.MEMORY, then=self._then_failure(), why=self._failure, signum=signal.SIGKILL
+        )
 
     # ---- what the PVs show -------------------------------------------------
 
@@ -370,13 +393,19 @@ class Slot:
         self.message = "restarting" if then else "stopping"
         return []
 
-    def _begin_stop(self, now: float, cause: str, then: str, why: str) -> list[Action]:
+    def _begin_stop(
+        self, now: float, cause: str, then: str, why: str, signum: int = signal.SIGTERM
+    ) -> list[Action]:
         self.state = SlotState.STOPPING
         self._stop_cause = cause
         self._then = then
         self._kill_at = now + self.policy.stop_timeout
         self.message = why
-        return [Kill(signal.SIGTERM)]
+        return [Kill(signum)]
+
+    def _then_failure(self) -> str:
+        """After a kill for a failure: restart as policy says, or stay EXITED."""
+        return "restart" if self.autorestart is not AutoRestart.OFF else "exit"
 
     def _after_failure(self, now: float, cause: str, returncode: int, what: str) -> list[Action]:
         """A run ended and policy wants it back: back off, or give up at the start limit."""

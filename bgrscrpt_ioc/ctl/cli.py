@@ -99,6 +99,14 @@ def _watch_names(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _usage(usage: commands.Usage | None) -> list[str]:
+    """CPU, MEMORY (with the limit when there is one) and PROCS cells."""
+    if usage is None:
+        return ["-", "-", "-"]
+    limit = f"/{usage.memory_max:.1f}" if usage.memory_max > 0 else ""
+    return [f"{usage.cpu:.1f}%", f"{usage.rss:.1f}{limit}MB", str(usage.nproc)]
+
+
 def _uptime(seconds: int) -> str:
     hours, rest = divmod(max(0, int(seconds)), 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
@@ -157,7 +165,7 @@ def _status(client: Client, args: argparse.Namespace, style: Style) -> int:
         + f"  version {ioc.version}, up {_uptime(ioc.uptime)}"
     )
     if slots:
-        rows = [["SLOT", "STATUS", "PID", "UPTIME", "STARTS", "MESSAGE"]]
+        rows = [["SLOT", "STATUS", "PID", "UPTIME", "STARTS", "CPU", "MEMORY", "PROCS", "MESSAGE"]]
         for s in slots:
             running = s.status in commands.RUNNING_STATES
             rows.append([
@@ -166,6 +174,7 @@ def _status(client: Client, args: argparse.Namespace, style: Style) -> int:
                 str(s.pid) if s.pid else "-",
                 _uptime(s.uptime) if running else "-",
                 str(s.starts),
+                *_usage(s.usage),
                 s.msg,
             ])  # fmt: skip
         print("\n".join(_table(rows, style, {1})))

@@ -136,6 +136,17 @@ class SlotRow:
     uptime: int
     starts: int
     msg: str
+    usage: Usage | None = None  # None: an IOC that does not measure
+
+
+@dataclass
+class Usage:
+    """A slot's resources as its PVs show them (CPU %, RSS and limit in MB, processes)."""
+
+    cpu: float
+    rss: float
+    nproc: int
+    memory_max: float
 
 
 @dataclass
@@ -164,6 +175,20 @@ def read_slot(client: Client, slot: str) -> SlotRow:
         int(value(f"{slot}:UPTIME")),
         int(value(f"{slot}:START_CNT")),
         str(value(f"{slot}:MSG")),
+        read_usage(client, slot),
+    )
+
+
+def read_usage(client: Client, slot: str) -> Usage | None:
+    """CPU, RSS, NPROC and MEMORY_MAX; None from an IOC that serves no CPU."""
+    if not client.connected(f"{slot}:CPU", timeout=0.5):
+        return None
+    value = client.value
+    return Usage(
+        float(value(f"{slot}:CPU")),
+        float(value(f"{slot}:RSS")),
+        int(value(f"{slot}:NPROC")),
+        float(value(f"{slot}:MEMORY_MAX")),
     )
 
 

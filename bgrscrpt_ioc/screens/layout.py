@@ -56,7 +56,7 @@ ALARM_COLOURS: dict[str, Colour] = {
 
 WIDTH = 960
 ROW = 26
-SLOT_HEIGHT = 300
+SLOT_HEIGHT = 326
 WATCH_HEIGHT = 62
 
 
@@ -193,6 +193,12 @@ def _slot_section(b: _Builder, prefix: str, slot: str, y: int, plot_macro: str) 
     b.add("label", 650, y, 80, text="Watchdog (s)")
     b.add("entry", 732, y, 70, pv=p + "WATCHDOG")
     y += ROW
+    # The whole process tree of the script: whatever it started, in any session.
+    b.field("CPU", 12, y, p + "CPU", w=80, label_w=50)
+    b.field("Memory", 160, y, p + "RSS", w=90, label_w=60)
+    b.field("Limit", 330, y, p + "MEMORY_MAX", w=80, label_w=45)
+    b.field("Processes", 480, y, p + "NPROC", w=50, label_w=75)
+    y += ROW
     b.add("label", 12, y, 60, text="Message")
     b.add("text", 72, y, WIDTH - 92, pv=p + "MSG")
     y += ROW
@@ -208,7 +214,7 @@ def _slot_section(b: _Builder, prefix: str, slot: str, y: int, plot_macro: str) 
     )
     y += ROW
     b.add("label", 12, y, 60, text="Log")
-    b.add("log", 72, y, WIDTH - 92, SLOT_HEIGHT - 8 - (5 * ROW + 6) - 8, pv=p + "LOG")
+    b.add("log", 72, y, WIDTH - 92, SLOT_HEIGHT - 8 - (6 * ROW + 6) - 8, pv=p + "LOG")
 
 
 def _watch_header(b: _Builder, prefix: str, y: int) -> None:

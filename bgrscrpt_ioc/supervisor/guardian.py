@@ -1,143 +1,301 @@
-"""The lifeline: no script outlives the IOC, even when the IOC is killed with SIGKILL.
+"""The IOC's side of the keeper: nothing a script starts outlives the IOC or escapes it.
 
-PR_SET_PDEATHSIG kills a script's leader when the IOC dies, but not what the
-script started in its group. So the IOC keeps a tiny helper process (this file,
-run as ``python -I -S guardian.py``) in its own session, with a pipe from the IOC
-as its stdin. The IOC writes ``+<pgid>`` / ``-<pgid>`` as scripts start and end.
-When the pipe reaches EOF, whatever the reason the IOC went away, the helper
-SIGKILLs every group still registered and exits. ``exit`` ends it killing nothing.
+The keeper (``keeper.py``) is a small process in its own session that starts
+every script for the IOC, is their child subreaper, and kills every process of
+the IOC's scripts (and removes their cgroups) when its socket to the IOC closes,
+whatever ended the IOC, SIGKILL included. This class starts it, asks it to spawn
+and to signal slots, and hands each run's exit to whoever spawned it.
 
-This module is also that helper's program: keep its top-level imports in the
-standard library.
+If the keeper itself dies, its scripts die with it (PR_SET_PDEATHSIG); this
+side then kills what they left (by cgroup, or by marker), reports each run as
+killed, and starts a new keeper.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
-import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import cgroups, proctree
+from .keeper import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
-_READY = b"ready\n"
+KEEPER = Path(__file__).with_name("keeper.py")
 _START_TIMEOUT = 10.0
-_CLOSE_TIMEOUT = 5.0
+_REPLY_TIMEOUT = 5.0
+_CLOSE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class KeeperConfig:
+    """What the keeper must know: the IOC's instance id (for the slot marker) and,
+    with cgroups, each slot's cgroup and the IOC's cgroup above them."""
+
+    instance: str
+    cgroups: dict[str, str] = field(default_factory=dict)
+    base: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"instance": self.instance, "cgroups": self.cgroups, "base": self.base})
 
 
 class Guardian:
-    """The IOC's side of the lifeline. Use it from the event loop's thread."""
+    """Starts and talks to the keeper. Use it from the event loop's thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: KeeperConfig, reply_timeout: float = _REPLY_TIMEOUT) -> None:
+        self.config = config
+        self.reply_timeout = reply_timeout
+        self.uses_setpriv = False
         self._proc: subprocess.Popen[bytes] | None = None
-        self._broken = False
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_exit: dict[int, Callable[[int], None]] = {}
+        self._slot_of: dict[int, str] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._closing = False
+        self._requests = 0
+        self._unanswered: dict[int, float] = {}  # request id -> when it must be answered
 
     @property
     def pid(self) -> int | None:
-        """The helper's pid while it runs."""
+        """The keeper's pid while it runs."""
         return self._proc.pid if self._proc is not None else None
 
+    def leaders(self) -> dict[str, int]:
+        """The running leader of each slot that has one."""
+        return {slot: pid for pid, slot in self._slot_of.items()}
+
     def start(self) -> None:
-        """Start the helper and wait until it is ready. Raises OSError if it cannot."""
+        """Start the keeper and wait until it is ready. Raises OSError if it cannot."""
         if self._proc is not None:
             return
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            # Own session: a Ctrl-C or a signal to the IOC's group must not reach it.
-            start_new_session=True,
-        )
-        assert proc.stdin is not None and proc.stdout is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            # Ready means its signal dispositions are set: nothing can stop it early.
-            deadline = time.monotonic() + _START_TIMEOUT
-            poller = select.poll()
-            poller.register(proc.stdout, select.POLLIN)
-            while not poller.poll(max(deadline - time.monotonic(), 0.0) * 1000):
-                if time.monotonic() >= deadline:
-                    raise OSError(f"guardian did not start within {_START_TIMEOUT:g} s")
-            if proc.stdout.readline() != _READY:
-                raise OSError(f"guardian failed to start (exit status {proc.poll()})")
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(KEEPER), self.config.to_json()],
+                stdin=theirs.fileno(),
+                stdout=subprocess.DEVNULL,
+                # Own session: a Ctrl-C or a signal to the IOC's group must not reach it.
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            ready = self._receive_blocking(ours, time.monotonic() + _START_TIMEOUT)
+            if ready.get("op") != "ready":
+                raise OSError(f"the keeper said {ready!r} instead of ready")
         except BaseException:
             proc.kill()
             proc.wait()
-            proc.stdin.close()
-            proc.stdout.close()
+            ours.close()
             raise
-        proc.stdout.close()  # it says nothing more
-        self._proc = proc
+        ours.setblocking(False)
+        self.uses_setpriv = bool(ready.get("setpriv"))
+        self._proc, self._sock = proc, ours
+        if self._loop is not None:
+            self._loop.add_reader(ours.fileno(), self._readable)
 
-    def add(self, pgid: int) -> None:
-        """Register a script's process group: killed if the IOC dies."""
-        self._send(f"+{pgid}\n")
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hear the keeper on ``loop`` from now on (exits, and the keeper's own end)."""
+        self._loop = loop
+        if self._sock is not None:
+            loop.add_reader(self._sock.fileno(), self._readable)
 
-    def remove(self, pgid: int) -> None:
-        """Forget a group (its leader has been reaped)."""
-        self._send(f"-{pgid}\n")
+    def spawn(
+        self,
+        slot: str,
+        argv: list[str],
+        *,
+        cwd: str,
+        env: dict[str, str],
+        out_fd: int,
+        on_exit: Callable[[int], None],
+    ) -> int:
+        """Have the keeper start ``argv`` for ``slot`` with stdout and stderr on ``out_fd``;
+        return its pid. ``on_exit(returncode)`` is called once it has exited and the rest
+        of its slot has been killed. Raises OSError (as exec would) when it cannot start."""
+        sock = self._sock
+        if sock is None:
+            raise OSError("the IOC's keeper is not running")
+        request = {"op": "spawn", "slot": slot, "argv": argv, "cwd": cwd, "env": env}
+        payload = json.dumps(request).encode()
+        if len(payload) > MAX_MESSAGE:
+            raise OSError(f"the script's arguments and environment exceed {MAX_MESSAGE} bytes")
+        try:
+            socket.send_fds(sock, [payload], [out_fd])
+            deadline = time.monotonic() + self.reply_timeout
+            while True:
+                reply = self._receive_blocking(sock, deadline)
+                if reply.get("op") in ("spawned", "error") and reply.get("slot") == slot:
+                    break
+                self._pending.append(reply)  # an exit of another slot: handled right after
+        except OSError as exc:
+            self._lost(f"did not take a request: {exc}")
+            raise OSError(f"the IOC's keeper failed: {exc}") from None
+        finally:
+            if self._pending and self._loop is not None:
+                self._loop.call_soon(self._dispatch_pending)
+        if reply["op"] == "error":
+            raise OSError(reply.get("errno") or 0, reply.get("message", "?"), reply.get("filename"))
+        pid = int(reply["pid"])
+        self._on_exit[pid] = on_exit
+        self._slot_of[pid] = slot
+        return pid
+
+    def signal(self, slot: str, signum: int) -> None:
+        """``signum`` to every process of ``slot``'s running script, whatever its session.
+
+        A keeper that does not confirm within ``reply_timeout`` (stopped, wedged) is
+        replaced: its scripts die with it, and their runs end as killed.
+        """
+        self._requests += 1
+        request = {"op": "signal", "slot": slot, "signum": int(signum), "id": self._requests}
+        self._send(request)
+        if self._proc is None or self._loop is None:
+            return
+        self._unanswered[self._requests] = time.monotonic() + self.reply_timeout
+        self._loop.call_later(self.reply_timeout + 0.1, self._check_answers)
 
     def close(self) -> None:
-        """End the helper killing nothing, wait for it (bounded), close the pipe (idempotent)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        """End the keeper (it kills whatever is left and removes the cgroups), wait for it."""
+        self._closing = True
+        proc, sock = self._proc, self._sock
+        self._proc = self._sock = None
+        if proc is None or sock is None:
             return
-        assert proc.stdin is not None
-        # OSError: it is gone already; ValueError: the pipe was closed.
-        with contextlib.suppress(OSError, ValueError):
-            proc.stdin.write(b"exit\n")
-            proc.stdin.flush()
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
         with contextlib.suppress(OSError):
-            proc.stdin.close()
+            sock.setblocking(True)
+            sock.send(b'{"op": "exit"}')
+        sock.close()
         try:
             proc.wait(_CLOSE_TIMEOUT)
         except subprocess.TimeoutExpired:
+            log.error("the keeper (pid %d) did not end in %g s: killed", proc.pid, _CLOSE_TIMEOUT)
             proc.kill()
             proc.wait()
 
-    def _send(self, line: str) -> None:
-        # Tiny synchronous writes: the helper reads them at once, the pipe never fills.
-        # A dead helper is logged, not raised: the script runs on either way.
-        if self._proc is None or self._proc.stdin is None:
+    # ---- internals -------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._sock is None:
             return
         try:
-            self._proc.stdin.write(line.encode())
-            self._proc.stdin.flush()
-        except (OSError, ValueError) as exc:
-            if not self._broken:
-                log.error("guardian (pid %s) is gone: %s", self._proc.pid, exc)
-            self._broken = True
+            self._sock.send(json.dumps(message).encode())
+        except OSError as exc:  # gone, or not reading (its buffer full): replace it
+            self._lost(f"did not take a request: {exc}")
 
+    @staticmethod
+    def _receive_blocking(sock: socket.socket, deadline: float) -> dict[str, Any]:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the keeper did not answer in time")
+            ready, _, _ = select.select([sock], [], [], left)
+            if not ready:
+                continue
+            try:
+                data = sock.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise ConnectionError("the keeper has exited")
+            message: dict[str, Any] = json.loads(data)
+            return message
 
-def _main() -> int:
-    """The helper: stdlib only, as it runs with ``-I -S``."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    os.write(1, _READY)
-    groups: set[int] = set()
-    for raw in sys.stdin.buffer:
-        line = raw.strip()
-        if line == b"exit":
-            return 0
-        try:
-            pgid = int(line[1:])
-        except ValueError:
-            continue
-        if pgid <= 1:  # killpg(0) or (1) would hit the helper itself or everything
-            continue
-        if line.startswith(b"+"):
-            groups.add(pgid)
-        elif line.startswith(b"-"):
-            groups.discard(pgid)
-    # EOF: the IOC is gone.
-    for pgid in groups:
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._lost(f"is unreachable: {exc}")
+                return
+            if not data:
+                self._lost("has exited")
+                return
+            self._pending.append(json.loads(data))
+        self._dispatch_pending()
+
+    def _check_answers(self) -> None:
+        now = time.monotonic()
+        if any(deadline < now for deadline in self._unanswered.values()):
+            self._lost(f"did not answer a request within {self.reply_timeout:g} s")
+
+    def _dispatch_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for message in pending:
+            if message.get("op") == "done":
+                self._unanswered.pop(message.get("id"), None)  # type: ignore[arg-type]
+                continue
+            if message.get("op") != "exited":
+                continue
+            pid = int(message["pid"])
+            self._slot_of.pop(pid, None)
+            callback = self._on_exit.pop(pid, None)
+            if callback is not None:
+                callback(int(message["status"]))
+
+    def _lost(self, how: str) -> None:
+        """The keeper is gone or wedged: end what it held, report the runs killed, replace it."""
+        proc, sock = self._proc, self._sock
+        if proc is None or sock is None or self._closing:
+            return
+        self._proc = self._sock = None
+        self._unanswered.clear()
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
+        sock.close()
         with contextlib.suppress(OSError):
-            os.killpg(pgid, signal.SIGKILL)
-    return 0
+            proc.kill()  # wedged rather than dead: the scripts die with it (PDEATHSIG)
+        proc.wait()
+        runs = dict(self._on_exit)
+        slots = dict(self._slot_of)
+        self._on_exit.clear()
+        self._slot_of.clear()
+        log.error(
+            "the IOC's keeper (pid %d) %s: killing what its %d script(s) left; starting a new one",
+            proc.pid,
+            how,
+            len(runs),
+        )
+        for slot in set(slots.values()):
+            self.kill_slot_leftovers(slot)
+        try:
+            self.start()
+        except OSError as exc:
+            log.error("cannot start a new keeper: %s; scripts cannot be started", exc)
+        for callback in runs.values():
+            if self._loop is not None:
+                self._loop.call_soon(callback, -signal.SIGKILL)
+            else:
+                callback(-signal.SIGKILL)
 
-
-if __name__ == "__main__":
-    sys.exit(_main())
+    def kill_slot_leftovers(self, slot: str) -> list[int]:
+        """SIGKILL every process of ``slot``, without the keeper: its cgroup, or every
+        process on the machine carrying its marker."""
+        path = self.config.cgroups.get(slot)
+        if path is not None:
+            return cgroups.kill(path)
+        return proctree.stop_and_kill(lambda: proctree.marked(self.config.instance, slot))

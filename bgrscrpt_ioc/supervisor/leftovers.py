@@ -1,10 +1,19 @@
 """Clean up after an IOC that died without stopping its scripts.
 
-The guardian process normally kills every script group when the IOC dies, but
-if the whole machine was busy or the guardian itself was killed, a group may
-survive. The state database knows which runs never ended; at start-up we kill
-whatever is still in those process groups, provided it really is that slot's
-script (a recycled PID must never make us kill a stranger).
+The keeper normally kills everything the scripts started when the IOC dies, but
+if the keeper was killed too (or the machine went down hard), processes may be
+left. At start-up, before anything is started, the IOC on the same var dir (so
+the same instance id) kills:
+
+- everything in its slots' cgroups (and in cgroups of slots it no longer has,
+  which are then removed);
+- every process on the machine whose environment carries its marker
+  ``BGRSCRPT_MARK=<id>/…``, whichever mechanism the last IOC used;
+- what is left in the process group of a run that an older IOC (before markers)
+  recorded as unfinished, provided it runs as that slot's script.
+
+A process is only ever killed for being in this IOC's cgroup or carrying this
+IOC's marker or slot: a recycled pid never makes us kill a stranger.
 """
 
 from __future__ import annotations
@@ -12,6 +21,37 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+
+from . import cgroups, proctree
+from .containment import Containment
+
+
+def sweep(containment: Containment) -> dict[str, list[int]]:
+    """Kill what a previous IOC with this instance id left; the pids killed, by slot."""
+    killed: dict[str, list[int]] = {}
+    base = containment.base
+    if base is not None and base.is_dir():
+        for child in sorted(p for p in base.iterdir() if p.is_dir()):
+            pids = cgroups.kill(str(child)) if cgroups.populated(str(child)) else []
+            if pids:
+                killed.setdefault(child.name, []).extend(pids)
+            if child.name not in containment.slots:
+                cgroups.remove(str(child))
+    slot_of: dict[int, str] = {}
+
+    def marked() -> list[int]:
+        pids = proctree.marked(containment.instance)
+        for pid in pids:
+            if pid not in slot_of:
+                value = proctree.environ_value(pid, proctree.MARK_VAR) or ""
+                slot_of[pid] = value.rsplit("/", 1)[-1]
+        return pids
+
+    for pid in proctree.stop_and_kill(marked):
+        pids = killed.setdefault(slot_of.get(pid, "?"), [])
+        if pid not in pids:
+            pids.append(pid)
+    return killed
 
 
 def _pgid_and_slot(pid: int) -> tuple[int, str] | None:

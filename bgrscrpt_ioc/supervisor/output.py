@@ -1,7 +1,10 @@
 """A script's output: a size-rotated log file, the LOG tail, and the last exception.
 
 Memory stays bounded whatever the script prints: at most ``tail_lines`` lines of
-at most ``tail_chars`` characters, plus one partial line of the same bound.
+at most ``tail_chars`` characters, plus one partial line of the same bound. The
+log file keeps the raw bytes; the tail and the summary are text, rendered as a
+terminal shows them (``terminal.render``: no NUL or escape sequence reaches a
+Channel Access client, a progress bar shows its last state).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import re
 from collections import deque
 from io import FileIO
 from pathlib import Path
+
+from bgrscrpt_ioc.supervisor.terminal import printable, render
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +156,9 @@ class OutputCapture:
     # ---- internals ---------------------------------------------------------
 
     def _extend_partial(self, data: bytes) -> None:
+        if b"\r" in data:
+            self._collapse(data)
+            return
         if self._partial_cut or not data:
             return
         room = self._line_bytes - len(self._partial)
@@ -159,10 +167,30 @@ class OutputCapture:
             self._partial_cut = True
         self._partial += data
 
+    def _collapse(self, data: bytes) -> None:
+        """The partial line meets a carriage return: what comes before the last one is
+        rendered now (it can only be overwritten from here on), so a progress bar that
+        rewrites its line for hours keeps the partial line small and shows its last state."""
+        buf = bytes(self._partial) + data
+        cr = buf.rfind(b"\r")
+        head = render(buf[:cr])
+        cut = self._partial_cut or len(head) > self._tail_chars
+        rest = buf[cr:]
+        self._partial = bytearray(head[: self._tail_chars].encode("utf-8", "surrogateescape"))
+        self._partial_cut = False
+        self._extend_partial_plain(rest)
+        self._partial_cut = self._partial_cut or (cut and len(rest) <= len(head) + 1)
+
+    def _extend_partial_plain(self, data: bytes) -> None:
+        room = self._line_bytes - len(self._partial)
+        if len(data) > room:
+            data = data[:room]
+            self._partial_cut = True
+        self._partial += data
+
     def _decode(self, raw: bytes, cut: bool) -> str:
-        text = raw[: self._line_bytes].decode("utf-8", "replace")
-        if text.endswith("\r"):
-            text = text[:-1]
+        # A carriage return may bring back the end of a long line: render all of it then.
+        text = render(raw if b"\r" in raw else raw[: self._line_bytes])
         if cut or len(text) > self._tail_chars:
             text = text[: self._tail_chars - 1] + _CUT
         return text
@@ -215,6 +243,7 @@ class OutputCapture:
         text = line[: 4 * _SUMMARY_CHARS].decode("utf-8", "replace").strip()
         if not pattern.fullmatch(text):
             return ""
+        text = printable(text)
         if len(text) > _SUMMARY_CHARS:
             text = text[: _SUMMARY_CHARS - 1] + _CUT
         return text

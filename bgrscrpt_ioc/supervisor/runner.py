@@ -21,12 +21,14 @@ from bgrscrpt_ioc.ca.slot_pvs import SlotView
 from bgrscrpt_ioc.core.slot import AutoRestart, Kill, RunEnded, Slot, SlotState, Spawn
 from bgrscrpt_ioc.settings import WATCHDOG_MAX, WATCHDOG_MIN, SlotSettings
 from bgrscrpt_ioc.state_db import StateDB, wall_now
+from bgrscrpt_ioc.supervisor.accounting import Usage
 from bgrscrpt_ioc.supervisor.env import kit_root, script_environment
 from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.notify import NotifyListener
 from bgrscrpt_ioc.supervisor.output import OutputCapture
 from bgrscrpt_ioc.supervisor.process import ScriptProcess
 from bgrscrpt_ioc.supervisor.script_check import check_script, look
+from bgrscrpt_ioc.supervisor.terminal import printable
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class SlotRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Event | None = None
         self._checking: asyncio.Task[None] | None = None  # a Spawn under way: the script check
+        self.usage = Usage()
 
     # ---- persisted settings ------------------------------------------------
 
@@ -194,7 +197,29 @@ class SlotRunner:
             msg=core.message,
             log=self.output.tail,
             plot_url=self.plot_url,
+            cpu=round(self.usage.cpu_percent, 1),
+            rss=round(self.usage.rss_mb, 1),
+            nproc=self.usage.nproc,
+            memory_max=self.settings.policy.memory_max,
         )
+
+    # ---- resources -------------------------------------------------------------
+
+    def leader(self) -> int | None:
+        """The pid of the running script, None when none runs."""
+        return self.process.pid if self.process is not None else None
+
+    def account(self, usage: Usage, now: float) -> None:
+        """A measurement of the slot's processes (about every 2 s): shown, and held
+        against the memory limit."""
+        changed = usage != self.usage
+        self.usage = usage
+        actions = self.core.memory_used(usage.rss_mb, now)
+        if actions:
+            log.warning("%s: %s", self.name, self.core.message)
+            self._apply(actions)
+        elif changed:
+            self.on_change()
 
     # ---- carrying out the core's decisions -----------------------------------
 
@@ -206,7 +231,7 @@ class SlotRunner:
                     self._spawn()
                 elif isinstance(action, Kill):
                     if self.process is not None:
-                        self.process.kill_group(action.signum)
+                        self.process.signal_all(action.signum)
                 elif isinstance(action, RunEnded) and self._run_id:
                     run_id, self._run_id = self._run_id, 0
                     self.db.run_ended(run_id, action.exit_code, action.cause)
@@ -311,6 +336,8 @@ class SlotRunner:
         try:
             process = ScriptProcess.spawn(
                 [sys.executable, str(script)],
+                slot=self.name,
+                guardian=self.guardian,
                 cwd=str(self.config_dir),
                 env=env,
                 on_output=self._on_output,
@@ -321,7 +348,6 @@ class SlotRunner:
             self._spawn_failed(f"cannot start {script}: {exc.strerror or exc}")
             return
         self.process = process
-        self.guardian.add(process.pid)
         try:
             self._run_id = self.db.run_started(self.name, process.pid)
         except Exception:  # a bug: the run goes on unrecorded rather than unsupervised
@@ -337,7 +363,6 @@ class SlotRunner:
         process, self.process = self.process, None
         self.plot_url = ""  # the plot was served by the run that ended
         if process is not None:
-            self.guardian.remove(process.pid)
             process.close()
         try:
             summary = self.output.exception_summary
@@ -353,6 +378,8 @@ class SlotRunner:
                 self._exited.set()
 
     def _on_notify(self, fields: dict[str, str]) -> None:
+        if "STATUS" in fields:  # goes to MSG: text for C clients, as LOG is
+            fields["STATUS"] = printable(fields["STATUS"])
         if "PLOT_URL" in fields and self.process is not None:
             self.plot_url = fields["PLOT_URL"]
         self._apply(self.core.notified(fields, time.monotonic()))

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import stat
 import sys
 from pathlib import Path
 
-from .process import setpriv_prefix
-
 CHECK_TIMEOUT = 120.0
 """Longest a compile check may take before the start is given up."""
 
-# Run as `python -I -S -c CHECKER path`: prints nothing when the script compiles,
-# else one line saying why. The same interpreter as the scripts, so the same grammar.
+# Run as `python -I -S -c CHECKER path ioc-pid`: prints nothing when the script
+# compiles, else one line saying why. The same interpreter as the scripts, so the same
+# grammar. It dies with the IOC (PR_SET_PDEATHSIG), and ends at once if the IOC died
+# before that was set.
 CHECKER = """
-import sys
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)
+if os.getppid() != int(sys.argv[2]):
+    raise SystemExit(0)
 path = sys.argv[1]
 try:
     with open(path, "rb") as f:
@@ -77,13 +81,13 @@ async def check_script(path: Path) -> str:
 async def _compile_elsewhere(path: Path) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
-            *setpriv_prefix(),  # dies with the IOC, like a script
             sys.executable,
             "-I",
             "-S",
             "-c",
             CHECKER,
             str(path),
+            str(os.getpid()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

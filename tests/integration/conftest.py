@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import mechanisms
 from tests.integration.harness import Ioc
 
 
@@ -55,3 +56,13 @@ def make_ioc(tmp_path: Path, port_pool, prefix: str, test_tag: str, config_dir: 
     for ioc in made:
         if ioc.proc is not None and ioc.proc.poll() is None:
             ioc.stop()
+
+
+@pytest.fixture(params=mechanisms.NAMES)
+def mechanism(request):
+    """A containment mechanism (a cgroup per slot, or the keeper as subreaper): a test
+    asking for it runs once with each. Ask for it before ``make_ioc``: its cgroup is
+    checked and removed after the IOCs are stopped."""
+    if request.param == "cgroup" and not mechanisms.cgroups_usable():
+        pytest.skip("needs root and a writable cgroup v2 hierarchy")
+    yield from mechanisms.provide(request.param)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import signal
 import subprocess
@@ -161,3 +162,21 @@ def process_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def caget_text(ioc: Ioc, suffix: str) -> str:
+    """The PV as EPICS base's ``caget -S`` gets it: what a C client (CS-Studio) sees.
+
+    caget prints the C string escaped (a backslash as ``\\\\``, a newline as ``\\n``,
+    other bytes as ``\\xNN``); undone here. No caRepeater on PATH: one started by
+    caget would outlive the test.
+    """
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "caget"), "-t", "-S", "-w", "5", ioc.pv(suffix)],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout.removesuffix(b"\n")
+    return codecs.escape_decode(printed)[0].decode("utf-8")  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pty
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -80,6 +81,13 @@ def test_status_stop_start_restart(two_slots: Ioc):
     assert rows["BGRSCRPT_01"][1] == "RUNNING"
     assert rows["BGRSCRPT_01"][2] == str(ioc.get("BGRSCRPT_01:PID"))
     assert rows["BGRSCRPT_02"][1] == "RUNNING"
+    # CPU, MEMORY and PROCS of each running script, once measured (every 2 s).
+    assert result.stdout.splitlines()[1].split()[5:8] == ["CPU", "MEMORY", "PROCS"]
+    wait_for(lambda: ioc.get("BGRSCRPT_01:NPROC") == 1, 5, "the first measurement")
+    result = run_ctl(*p, "status", "01")
+    cpu, memory, procs = result.stdout.splitlines()[2].split()[5:8]
+    assert re.fullmatch(r"\d+\.\d%", cpu) and re.fullmatch(r"\d+\.\dMB", memory), (cpu, memory)
+    assert float(memory[:-2]) > 1 and procs == "1"
     assert "\033[" not in result.stdout  # piped: plain text
 
     result = run_ctl(*p, "stop", "01")
@@ -176,7 +184,10 @@ def test_start_that_does_not_take_effect(make_ioc, config_dir: Path):
     assert ioc.status("BGRSCRPT_02") == "STOPPED"
 
     # status shows a slot down on its own with exit status 3
+    starts = ioc.get("BGRSCRPT_01:START_CNT")
     ioc.put("BGRSCRPT_01:START", 1)
+    # Three more failed starts (not the FATAL shown before the START was published).
+    wait_for(lambda: ioc.get("BGRSCRPT_01:START_CNT") >= starts + 3, 30, "three more starts")
     ioc.wait_status("FATAL", timeout=30)  # BACKOFF would not hold still long enough
     result = run_ctl("--prefix", ioc.prefix, "status")
     assert result.returncode == 3, (result.stdout, result.stderr)

@@ -222,6 +222,7 @@ def test_systemd_unit(tmp_path):
     assert service["Restart"] == "on-failure"
     assert service["KillMode"] == "control-group"
     assert service["KillSignal"] == "SIGTERM"
+    assert service["Delegate"] == "yes"  # the IOC's cgroups per slot, below the unit's
     assert service["ExecStart"].split()[0].endswith("/bgrscrpt-ioc")
     verify = shutil.which("systemd-analyze")
     if verify is None:

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 
 from tests.integration.conftest import write_script
-from tests.integration.harness import Ioc, wait_for
+from tests.integration.harness import Ioc, caget_text, wait_for
 
 S01 = "BGRSCRPT_01"
 LOG_MAX_BYTES = 256 * 1024
@@ -221,3 +221,38 @@ def test_an_exception_summary_reaches_msg(make_ioc, config_dir):
     msg = text(ioc, "BGRSCRPT_02:MSG")
     assert msg.startswith("FATAL: 3 starts within 30 s; last: failed to start: exited with code 1")
     assert "KeyError: 'no such block'" in msg
+
+
+def test_log_is_text_for_c_clients(make_ioc, config_dir):
+    """A NUL, ANSI colours, a window-title escape, BEL, a progress bar on one line and
+    bytes that are not UTF-8: ``caget -S`` shows every line, readable, up to the last;
+    the log file keeps the raw bytes."""
+    raw = (
+        b"before\x00after\n"
+        b"\x1b[1;31mred\x1b[0m and \x1b]0;title\x07plain\x07\n"
+        + b"".join(b"\rprogress %3d%%" % i for i in range(0, 101, 5))
+        + b"\nlatin-1 caf\xe9\n"
+        b"last line\n"
+    )
+    write_script(
+        config_dir,
+        "background_script.py",
+        f"""
+        import os, time
+        os.write(1, {raw!r})
+        time.sleep(60)
+        """,
+    )
+    ioc = make_ioc(SETTINGS, slots=1).start()
+    expected = "\n".join(
+        [
+            r"before\x00after",
+            r"red and plain\x07",
+            "progress 100%",
+            r"latin-1 caf\xe9",
+            "last line",
+        ]
+    )
+    wait_for(lambda: caget_text(ioc, f"{S01}:LOG") == expected, 10, f"caget -S LOG: {expected!r}")
+    assert text(ioc, f"{S01}:LOG") == expected  # libca through pyepics alike
+    assert raw in (ioc.var_dir / "logs" / f"{S01}.log").read_bytes()

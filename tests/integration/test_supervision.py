@@ -1,5 +1,5 @@
 """Supervision through Channel Access: every state of a slot, the watchdog, process
-groups, leftovers of a dead IOC and settings that survive an IOC restart.
+groups and settings that survive an IOC restart (leftovers of a dead IOC: test_containment).
 
 The real IOC runs as a subprocess and is driven only through pyepics (libca), as
 CS-Studio or caput would. A :class:`Monitor` subscribes to a PV and keeps every
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import epics
-import psutil
 import pytest
 
 from tests.integration.conftest import write_script
@@ -533,39 +532,6 @@ def test_stop_kills_a_group_that_ignores_sigterm_after_the_stop_timeout(
     wait_pv(ioc, f"{S01}:MSG", lambda v: v == "stopped (killed by SIGKILL)", as_string=True)
     run = run_of(ioc.var_dir, pid)
     assert (run["cause"], run["exit_code"]) == ("stop", -9)
-
-
-def test_leftover_group_of_a_dead_ioc_is_killed_at_the_next_start(make_ioc, config_dir):
-    """The guardian killed, then the IOC: the script dies (PDEATHSIG) but its grandchild
-    survives; the next IOC on the same var dir kills it and closes the run "ioc-exit"."""
-    script = write_script(config_dir, "background_script.py", WITH_GRANDCHILD.format(ignore=False))
-    first = make_ioc(settings(), slots=1).start()
-    first.wait_status("RUNNING")
-    pid = read_pid_file(config_dir / "script.pid")
-    grandchild = read_pid_file(config_dir / "grandchild.pid")
-
-    guardians = [
-        child
-        for child in psutil.Process(first.proc.pid).children()
-        if any(arg.endswith("bgrscrpt_ioc/supervisor/guardian.py") for arg in child.cmdline())
-    ]
-    assert len(guardians) == 1, guardians
-    guardians[0].kill()
-    wait_for(lambda: process_gone(guardians[0].pid), 5, "the guardian to die")
-    first.kill()
-    wait_for(lambda: process_gone(pid), 5, "the script to die by PDEATHSIG")
-    assert not process_gone(grandchild), "the grandchild should have outlived the IOC"
-    assert run_of(first.var_dir, pid)["ended"] is None
-
-    script.unlink()  # the next IOC starts nothing of its own
-    # A new prefix: libca would take a while to find the old names on a new server.
-    second = make_ioc(settings(), slots=1, prefix=fresh_prefix()).start()
-    wait_for(lambda: process_gone(grandchild), 5, "the leftover grandchild to be killed")
-    run = run_of(second.var_dir, pid)
-    assert run["ended"] is not None
-    assert (run["cause"], run["exit_code"]) == ("ioc-exit", -9)
-    assert "left by a previous IOC" in second.output()
-    second.wait_status("STOPPED")
 
 
 # ---- settings written over Channel Access ----------------------------------

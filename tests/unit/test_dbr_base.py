@@ -50,6 +50,10 @@ ROUNDS = [
             registered=True,
             autorestart=2,
             watchdog=12.75,  # PREC 1: "12.8"
+            cpu=187.25,
+            rss=2048.46,
+            nproc=70000,
+            memory_max=1536.0,
             script="/x/background_script.py",
             msg="exited with code 1: ZeroDivisionError: division by zero",
             log="line 1\nline 2\n",
@@ -77,6 +81,9 @@ ROUNDS = [
             registered=False,
             autorestart=0,
             watchdog=0.05,
+            cpu=0.04,
+            rss=0.5,
+            nproc=1,
             script="/instrument/scripts/background_script2.py",
             msg="température 20 °C — ok",  # UTF-8: bytes above 127 are negative CHARs
             log="x" * 4000,
@@ -199,6 +206,10 @@ def base_puts(prefix: str) -> list[tuple[str, object]]:
             (p + "REGISTERED", int(view.registered)),
             (p + "AUTORESTART", view.autorestart),
             (p + "WATCHDOG", view.watchdog),
+            (p + "CPU", view.cpu),
+            (p + "RSS", view.rss),
+            (p + "NPROC", view.nproc),
+            (p + "MEMORY_MAX", view.memory_max),
         ]
         for name, limit in TEXT_LIMITS.items():
             text = getattr(view, name)

@@ -1,4 +1,5 @@
-"""The guardian: no script, nor anything in its group, outlives an IOC killed with SIGKILL."""
+"""The keeper: nothing a script starts outlives an IOC killed with SIGKILL; a killed keeper
+is replaced; with cgroups, a script is in its slot's cgroup before its first statement."""
 
 from __future__ import annotations
 
@@ -8,66 +9,66 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
-from bgrscrpt_ioc.supervisor.guardian import Guardian
+from bgrscrpt_ioc.supervisor.env import compat_site_dir
+from bgrscrpt_ioc.supervisor.guardian import Guardian, KeeperConfig
 from tests.unit.processes import TIMEOUT, gone, wait_gone
 
 PY = sys.executable
+UNIFIED = Path("/sys/fs/cgroup/unified")
+CGROUP_ROOT = UNIFIED if (UNIFIED / "cgroup.procs").exists() else Path("/sys/fs/cgroup")
 
-# An IOC in miniature: a Guardian, one script (leader + grandchild in its group)
-# registered with it, and one process registered then removed.
-INTERMEDIATE = """
-import asyncio, os, subprocess, sys
-from bgrscrpt_ioc.supervisor.guardian import Guardian
-from bgrscrpt_ioc.supervisor.process import ScriptProcess
-
-SCRIPT = '''
-import subprocess, sys, time
+# A script with a grandchild in its group and a daemon (double fork + setsid) that
+# ignores SIGTERM; it prints all three pids.
+FAMILY = """
+import os, signal, subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-print("grandchild", child.pid, flush=True)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.write(w, str(os.getpid()).encode())
+        time.sleep(60)
+    os._exit(0)
+os.close(w)
+daemon = int(os.read(r, 32))
+os.wait()
+print("family", os.getpid(), child.pid, daemon, flush=True)
 time.sleep(60)
-'''
+"""
+
+# An IOC in miniature: a Guardian and one script; it prints what the script printed.
+INTERMEDIATE = """
+import asyncio, json, os, sys
+from bgrscrpt_ioc.supervisor.guardian import Guardian, KeeperConfig
+from bgrscrpt_ioc.supervisor.process import ScriptProcess
 
 async def main():
     loop = asyncio.get_running_loop()
-    guardian = Guardian()
+    guardian = Guardian(KeeperConfig(**json.loads(sys.argv[1])))
     guardian.start()
-    print("guardian", guardian.pid, flush=True)
-    script = ScriptProcess.spawn(
-        [sys.executable, "-c", SCRIPT], cwd="/", env=dict(os.environ), loop=loop,
+    guardian.attach(loop)
+    print("keeper", guardian.pid, flush=True)
+    ScriptProcess.spawn(
+        [sys.executable, "-c", sys.argv[2]], slot="BGRSCRPT_01", guardian=guardian,
+        cwd="/", env=dict(os.environ), loop=loop,
         on_output=lambda data: os.write(1, data), on_exit=lambda code: None,
     )
-    guardian.add(script.pid)
-    print("script", script.pid, flush=True)
-    released = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
-    )
-    guardian.add(released.pid)
-    guardian.remove(released.pid)
-    print("released", released.pid, flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
 """
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return members
-
-
-async def read_numbers(proc: subprocess.Popen[bytes], words: list[bytes]) -> dict[bytes, int]:
-    """Read lines ``<word> <int>`` from ``proc``'s stdout until every word has been seen."""
+async def read_line(proc: subprocess.Popen[bytes], word: bytes) -> list[int]:
+    """The integers on the first line of ``proc``'s stdout that starts with ``word``."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
@@ -76,12 +77,14 @@ async def read_numbers(proc: subprocess.Popen[bytes], words: list[bytes]) -> dic
     readable = asyncio.Event()
     loop.add_reader(fd, readable.set)
 
-    def found() -> dict[bytes, int]:
-        lines = [ln.split() for ln in bytes(buf).splitlines()]
-        return {ln[0]: int(ln[1]) for ln in lines if len(ln) == 2 and ln[1].isdigit()}
+    def found() -> list[int] | None:
+        for line in bytes(buf).splitlines(keepends=True):
+            if line.startswith(word + b" ") and line.endswith(b"\n"):
+                return [int(v) for v in line.split()[1:]]
+        return None
 
-    async def until_seen() -> None:
-        while not all(w in found() for w in words):
+    async def until_seen() -> list[int]:
+        while (values := found()) is None:
             readable.clear()
             await readable.wait()
             try:
@@ -91,16 +94,16 @@ async def read_numbers(proc: subprocess.Popen[bytes], words: list[bytes]) -> dic
             if not chunk:
                 raise EOFError(bytes(buf))
             buf.extend(chunk)
+        return values
 
     try:
-        await asyncio.wait_for(until_seen(), TIMEOUT)
+        return await asyncio.wait_for(until_seen(), TIMEOUT)
     finally:
         loop.remove_reader(fd)
-    return found()
 
 
 @pytest.fixture
-def strays():
+def strays() -> Iterator[list[int]]:
     """Pids to SIGKILL at the end whatever happened."""
     pids: list[int] = []
     yield pids
@@ -109,24 +112,47 @@ def strays():
             os.kill(pid, signal.SIGKILL)
 
 
-async def test_ioc_killed_leaves_no_process_of_the_group(strays):
-    ioc = subprocess.Popen([PY, "-c", INTERMEDIATE], stdout=subprocess.PIPE)
+@pytest.fixture
+def test_cgroup() -> Iterator[Path]:
+    if os.geteuid() != 0 or not os.access(CGROUP_ROOT / "cgroup.procs", os.W_OK):
+        pytest.skip("needs root and a writable cgroup v2 hierarchy")
+    path = CGROUP_ROOT / f"containment-unit-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    left = sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+    for sub in left:
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    path.rmdir()
+    assert not left, f"cgroups left behind: {left}"
+
+
+def cgroup_config(test_cgroup: Path) -> KeeperConfig:
+    base = test_cgroup / "bgrscrpt-unit"
+    (base / "BGRSCRPT_01").mkdir(parents=True)
+    return KeeperConfig(
+        instance=uuid.uuid4().hex[:12],
+        cgroups={"BGRSCRPT_01": str(base / "BGRSCRPT_01")},
+        base=str(base),
+    )
+
+
+async def ioc_killed_leaves_nothing(config: KeeperConfig, strays: list[int]) -> None:
+    argv = [PY, "-c", INTERMEDIATE, config.to_json(), FAMILY]
+    ioc = subprocess.Popen(argv, stdout=subprocess.PIPE)
     try:
-        seen = await read_numbers(ioc, [b"guardian", b"script", b"grandchild", b"released"])
-        strays.extend(seen.values())
-        script, grandchild = seen[b"script"], seen[b"grandchild"]
-        assert os.getpgid(grandchild) == script
-        assert sorted(group_members(script)) == sorted([script, grandchild])
+        (keeper,) = await read_line(ioc, b"keeper")
+        family = await read_line(ioc, b"family")
+        strays.extend([keeper, *family])
+        leader, grandchild, daemon = family
+        assert psutil.Process(daemon).ppid() == keeper  # adopted: the keeper is a subreaper
+        assert os.getsid(daemon) != leader
 
         ioc.kill()  # SIGKILL: no clean-up code of the IOC runs
         ioc.wait()
 
-        # PDEATHSIG takes the leader; the guardian the grandchild, then exits.
-        for pid in (script, grandchild, seen[b"guardian"]):
+        for pid in (leader, grandchild, daemon, keeper):
             await wait_gone(pid)
-        assert group_members(script) == []
-        # What was removed from the guardian is left alone.
-        assert not gone(seen[b"released"])
     finally:
         ioc.kill()
         ioc.wait()
@@ -134,45 +160,222 @@ async def test_ioc_killed_leaves_no_process_of_the_group(strays):
         ioc.stdout.close()
 
 
-def sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([PY, "-c", "import time; time.sleep(60)"], start_new_session=True)
+async def test_ioc_killed_leaves_no_process_of_its_scripts(strays):
+    await ioc_killed_leaves_nothing(KeeperConfig(instance=uuid.uuid4().hex[:12]), strays)
 
 
-async def test_close_ends_the_guardian_killing_nothing():
-    guardian = Guardian()
+async def test_ioc_killed_leaves_no_process_and_no_cgroup(test_cgroup, strays):
+    config = cgroup_config(test_cgroup)
+    await ioc_killed_leaves_nothing(config, strays)
+    assert config.base is not None and not Path(config.base).exists()
+
+
+async def test_close_ends_the_keeper_and_whatever_is_left(test_cgroup):
+    config = cgroup_config(test_cgroup)
+    guardian = Guardian(config)
     guardian.start()
-    target = sleeper()
+    guardian.attach(asyncio.get_running_loop())
+    read_fd, write_fd = os.pipe()
     try:
-        guardian_pid = guardian.pid
-        assert guardian_pid is not None
-        guardian.add(target.pid)
+        pid = guardian.spawn(
+            "BGRSCRPT_01",
+            [PY, "-c", "import time; time.sleep(60)"],
+            cwd="/",
+            env=dict(os.environ),
+            out_fd=write_fd,
+            on_exit=lambda code: None,
+        )
+        keeper = guardian.pid
+        assert keeper is not None
         guardian.close()
-        await wait_gone(guardian_pid)
+        await wait_gone(keeper)
+        assert gone(pid)
         assert guardian.pid is None
-        assert target.poll() is None  # still running
+        assert config.base is not None and not Path(config.base).exists()
         guardian.close()  # idempotent
-        guardian.add(target.pid)  # after close: ignored, no error
+        guardian.signal("BGRSCRPT_01", signal.SIGTERM)  # after close: ignored, no error
     finally:
-        target.kill()
-        target.wait()
+        os.close(read_fd)
+        os.close(write_fd)
+        guardian.close()
 
 
-async def test_guardian_ignores_termination_signals_and_kills_on_eof():
-    guardian = Guardian()
+async def test_keeper_ignores_termination_signals_and_its_scripts_do_not():
+    guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]))
     guardian.start()
-    target = sleeper()
+    exits: list[int] = []
+    read_fd, write_fd = os.pipe()
     try:
-        guardian.add(target.pid)
-        proc = guardian._proc
-        assert proc is not None and proc.stdin is not None
+        pid = guardian.spawn(
+            "BGRSCRPT_01",
+            [PY, "-c", "import time; time.sleep(60)"],
+            cwd="/",
+            env=dict(os.environ),
+            out_fd=write_fd,
+            on_exit=exits.append,
+        )
+        keeper = guardian.pid
+        assert keeper is not None
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            os.kill(proc.pid, signum)
-        # The IOC's end of the pipe closes, as when the IOC dies.
-        proc.stdin.close()
-        await asyncio.wait_for(asyncio.to_thread(target.wait), TIMEOUT)
-        assert target.returncode == -signal.SIGKILL
-        assert await asyncio.wait_for(asyncio.to_thread(proc.wait), TIMEOUT) == 0
+            os.kill(keeper, signum)
+        # A signal ignored by the keeper would stay ignored in the script: it is not.
+        ignored = int(
+            next(
+                line.split()[1]
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("SigIgn:")
+            ),
+            16,
+        )
+        assert not ignored & (1 << (signal.SIGTERM - 1) | 1 << (signal.SIGHUP - 1))
+        os.kill(pid, signal.SIGTERM)
+        await wait_gone(pid)
+        assert psutil.Process(keeper).status() != psutil.STATUS_ZOMBIE
     finally:
-        target.kill()
-        target.wait()
+        os.close(read_fd)
+        os.close(write_fd)
+        guardian.close()
+
+
+async def test_a_killed_keeper_is_replaced_and_its_runs_end_killed(strays):
+    guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]))
+    guardian.start()
+    guardian.attach(asyncio.get_running_loop())
+    exited = asyncio.Event()
+    codes: list[int] = []
+
+    def on_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    read_fd, write_fd = os.pipe()
+    try:
+        leader = guardian.spawn(
+            "BGRSCRPT_01",
+            [PY, "-c", FAMILY],
+            cwd="/",
+            env=dict(os.environ),
+            out_fd=write_fd,
+            on_exit=on_exit,
+        )
+        os.close(write_fd)
+        write_fd = -1
+        out = b""
+        while b"family" not in out or not out.endswith(b"\n"):
+            await asyncio.sleep(0.02)
+            with contextlib.suppress(BlockingIOError):
+                os.set_blocking(read_fd, False)
+                out += os.read(read_fd, 4096)
+        _, grandchild, daemon = (int(v) for v in out.split()[1:4])
+        strays.extend([leader, grandchild, daemon])
+        old = guardian.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        await asyncio.wait_for(exited.wait(), TIMEOUT)
+        assert codes == [-signal.SIGKILL]
+        for pid in (leader, grandchild, daemon):
+            await wait_gone(pid)
+        assert guardian.pid not in (None, old)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+        guardian.close()
+
+
+PLACED = "print(open('/proc/self/cgroup').read().strip().rsplit(':', 1)[1], flush=True)"
+
+
+async def test_a_script_is_in_its_cgroup_before_its_first_statement(test_cgroup):
+    config = cgroup_config(test_cgroup)
+    guardian = Guardian(config)
+    guardian.start()
+    guardian.attach(asyncio.get_running_loop())
+    done = asyncio.Event()
+    read_fd, write_fd = os.pipe()
+    try:
+        guardian.spawn(
+            "BGRSCRPT_01",
+            [PY, "-c", PLACED],
+            cwd="/",
+            env=dict(os.environ, PYTHONPATH=str(compat_site_dir())),
+            out_fd=write_fd,
+            on_exit=lambda code: done.set(),
+        )
+        os.close(write_fd)
+        write_fd = -1
+        await asyncio.wait_for(done.wait(), TIMEOUT)
+        printed = os.read(read_fd, 4096).decode().strip()
+        mount = CGROUP_ROOT.as_posix()
+        assert mount + printed == config.cgroups["BGRSCRPT_01"]
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+        guardian.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "stderr"),
+    [
+        (b"1", 0, b""),
+        (b"0/sys/fs/cgroup/x: Permission denied", 1, b"x: Permission denied\n"),
+        (b"", 1, b"the IOC's keeper is gone\n"),
+    ],
+)
+def test_sitecustomize_runs_the_script_only_once_placed(answer, code, stderr):
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, PYTHONPATH=str(compat_site_dir()), BGRSCRPT_GATE_FD=str(read_fd))
+    proc = subprocess.Popen(
+        [PY, "-c", "print('ran')"],
+        env=env,
+        pass_fds=(read_fd,),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.close(read_fd)
+    os.write(write_fd, answer)
+    os.close(write_fd)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == code
+    assert out == (b"ran\n" if code == 0 else b"")
+    assert err.endswith(stderr)
+
+
+async def test_a_stopped_keeper_is_replaced_when_it_does_not_answer(strays):
+    """kill -STOP on the keeper: the next STOP is not confirmed in time, so the keeper is
+    killed (its script dies with it) and replaced, and the run ends as killed."""
+    guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]), reply_timeout=0.5)
+    guardian.start()
+    guardian.attach(asyncio.get_running_loop())
+    exited = asyncio.Event()
+    codes: list[int] = []
+
+    def on_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = guardian.spawn(
+            "BGRSCRPT_01",
+            [PY, "-c", "import time; time.sleep(60)"],
+            cwd="/",
+            env=dict(os.environ),
+            out_fd=write_fd,
+            on_exit=on_exit,
+        )
+        strays.append(pid)
+        old = guardian.pid
+        assert old is not None
+        os.kill(old, signal.SIGSTOP)
+        guardian.signal("BGRSCRPT_01", signal.SIGTERM)
+        await asyncio.wait_for(exited.wait(), TIMEOUT)
+        assert codes == [-signal.SIGKILL]
+        await wait_gone(pid)
+        assert gone(old)
+        assert guardian.pid not in (None, old)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
         guardian.close()

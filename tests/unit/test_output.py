@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from bgrscrpt_ioc.supervisor.output import OutputCapture
+from bgrscrpt_ioc.supervisor.terminal import printable
 
 TRACEBACK = (
     b"working\n"
@@ -108,7 +109,8 @@ def test_lines_split_across_chunks_and_bad_utf8(capture):
     for byte in "héllo\nwörld\n".encode():
         capture.feed(bytes([byte]))
     capture.feed(b"bad \xff\xfe end\r\n")
-    assert capture.tail == "héllo\nwörld\nbad \ufffd\ufffd end"
+    # Bytes that are not UTF-8 are shown as what they are; the CRLF's \r is not shown.
+    assert capture.tail == "héllo\nwörld\nbad \\xff\\xfe end"
 
 
 def test_tail_keeps_the_end_when_too_long(capture):
@@ -249,3 +251,59 @@ def test_unfinished_traceback_keeps_previous_summary(capture):
     capture.feed(TRACEBACK)
     capture.feed(b'Traceback (most recent call last):\n  File "x", line 1\n')
     assert capture.exception_summary == "ZeroDivisionError: division by zero"
+
+
+# ---- text for Channel Access clients -------------------------------------------
+
+
+def test_nul_and_controls_are_shown_not_passed(capture):
+    capture.feed(b"before\x00after\x07 bell\x08 del\x7f\ttab\n")
+    assert capture.tail == "before\\x00after\\x07 bell\\x08 del\\x7f\ttab"
+    assert "\x00" not in capture.tail
+
+
+def test_ansi_sequences_are_stripped(capture):
+    capture.feed(
+        b"\x1b[1;31mred\x1b[0m \x1b]0;title\x07plain \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"
+        b" \x1b(Bcharset \x1b[2Kerased \xc2\x9b31mc1\n"
+    )
+    assert capture.tail == "red plain link charset erased c1"
+
+
+def test_carriage_returns_overwrite_like_a_terminal(capture):
+    capture.feed(b"progress 10%\rprogress 20%\rprogress 100%\n")
+    capture.feed(b"abcdef\rXY\n")
+    capture.feed(b"windows line\r\n")
+    assert capture.tail == "progress 100%\nXYcdef\nwindows line"
+
+
+def test_progress_bar_without_newline_shows_its_last_state_and_stays_bounded(tmp_path):
+    cap = OutputCapture(tmp_path / "x.log", tail_chars=100)
+    try:
+        for chunk in range(200):
+            done = range(chunk * 5000, (chunk + 1) * 5000)
+            cap.feed(b"".join(b"\r\x1b[32m%7d/%d\x1b[0m" % (i, 10**6) for i in done))
+            assert len(cap._partial) <= 4 * 100
+        assert cap.tail == " 999999/1000000"
+        cap.feed(b"\rdone\n")
+        assert cap.tail == "done999/1000000"
+        # The log file keeps every raw byte.
+        assert b"\x1b[32m" in (tmp_path / "x.log").read_bytes()[:100]
+    finally:
+        cap.close()
+
+
+def test_a_long_line_ended_by_carriage_returns_shows_its_final_state(capture):
+    capture.feed(b"x" * 100_000 + b"\r" + b"\r".join(b"%d%%" % i for i in range(101)) + b"\n")
+    assert capture.tail.startswith("100%xxx") and capture.tail.endswith("…")
+
+
+def test_summary_is_text(capture):
+    capture.feed(TRACEBACK.replace(b"division by zero", b"bad\x00\x1b[31mzero"))
+    assert capture.exception_summary == "ZeroDivisionError: bad\\x00zero"
+
+
+def test_status_text_is_made_printable_the_same_way():
+    assert printable("calibrated 3 of 5") == "calibrated 3 of 5"
+    assert printable("a\x00b\x1b[31mc\x1b[0m\nnext") == "a\\x00bc next"
+    assert printable("10%\r100%") == "100%"

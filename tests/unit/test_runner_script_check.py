@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from bgrscrpt_ioc.core.slot import Policy, SlotState
 from bgrscrpt_ioc.settings import SlotSettings
 from bgrscrpt_ioc.state_db import StateDB
 from bgrscrpt_ioc.supervisor import runner as runner_module
-from bgrscrpt_ioc.supervisor.guardian import Guardian
+from bgrscrpt_ioc.supervisor.guardian import Guardian, KeeperConfig
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
 
 SCRIPT = "import time\nprint('up', flush=True)\nwhile True:\n    time.sleep(0.1)\n"
@@ -57,8 +58,9 @@ async def slot(tmp_path, monkeypatch, test_tag):
     script = tmp_path / "s.py"
     script.write_text(SCRIPT)
     db = StateDB(tmp_path / "state.sqlite")
-    guardian = Guardian()
+    guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]))
     guardian.start()
+    guardian.attach(asyncio.get_running_loop())
     runner = SlotRunner(
         SlotSettings("BGRSCRPT_01", script, Policy(startsecs=0.2, stop_timeout=2.0)),
         config_dir=tmp_path,

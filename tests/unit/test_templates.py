@@ -41,8 +41,8 @@ CA_TYPE = {
     "mbbi": ChannelType.ENUM,
     "longin": ChannelType.LONG,
     "ao": ChannelType.DOUBLE,
-    "stringin": ChannelType.STRING,
     "ai": ChannelType.DOUBLE,
+    "stringin": ChannelType.STRING,
 }
 WAVEFORM_CA_TYPE = {"CHAR": ChannelType.CHAR}
 STATE_FIELDS = (

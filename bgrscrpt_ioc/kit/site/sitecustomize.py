@@ -12,13 +12,32 @@ is always found first. Any other ``sitecustomize`` this one shadows still runs.
 import os
 import sys
 
-# The IOC starts a script through ``setpriv --pdeathsig KILL``. Had the IOC died
-# before setpriv set that, nothing would ever stop this script: then its parent is
-# no longer the IOC, and it ends here. Taken out of the environment, so that a
-# Python process the script starts does not check it against the wrong parent.
+# The IOC's keeper starts a script through ``setpriv --pdeathsig KILL``. Had the
+# keeper died before setpriv set that, nothing would ever stop this script: then
+# its parent is no longer the keeper, and it ends here. Taken out of the
+# environment, so that a Python process the script starts does not check it
+# against the wrong parent.
 _ioc_pid = os.environ.pop("BGRSCRPT_IOC_PID", "")
 if _ioc_pid.isdigit() and os.getppid() != int(_ioc_pid):
     os._exit(1)
+
+# With cgroups, the keeper moves the script into its slot's cgroup while Python
+# starts, and says so on this pipe: the script's code (and so anything it starts)
+# runs only inside the cgroup. "1": moved; "0<why>": not, and the run ends here.
+_gate = os.environ.pop("BGRSCRPT_GATE_FD", "")
+if _gate.isdigit():
+    try:
+        _answer = os.read(int(_gate), 1024)
+    except OSError:
+        _answer = b""
+    try:  # noqa: SIM105 - contextlib is not loaded yet
+        os.close(int(_gate))
+    except OSError:
+        pass
+    if _answer[:1] != b"1":
+        _why = _answer[1:] or b"the IOC's keeper is gone"
+        os.write(2, b"bgrscrpt: cannot move the script into its cgroup: " + _why + b"\n")
+        os._exit(1)
 
 _here = os.path.dirname(os.path.abspath(__file__))
 _compat = os.path.join(os.path.dirname(_here), "compat")
