@@ -236,9 +236,6 @@ async def run_ioc(options: IocOptions) -> int:
         guardian = Guardian(containment.keeper_config())
         guardian.start()
         guardian.attach(loop)
-        log.info("%s", containment.describe())
-        if not guardian.uses_setpriv:
-            log.warning("no setpriv with --pdeathsig: scripts start the slower way (full fork)")
         started = time.monotonic()
         publisher_ref: list[Publisher] = []
 
@@ -293,6 +290,10 @@ async def run_ioc(options: IocOptions) -> int:
         context = IocContext(pvdb, options.interfaces)
         # Raises CannotServe (a taken port: reported by the CLI) before any script starts.
         await context.claim_ports()
+        # Said once the IOC is sure to serve: a start that fails is its one line alone.
+        log.info("%s", containment.describe())
+        if not guardian.uses_setpriv:
+            log.warning("no setpriv with --pdeathsig: scripts start the slower way (full fork)")
         server = asyncio.create_task(context.run())
         tasks += [
             server,

@@ -372,12 +372,16 @@ def test_killed_by_signal_backs_off_with_minor_severity_then_runs_again(
 
 def test_fatal_after_the_start_limit_until_start(make_ioc, config_dir, monitors):
     """Failed starts back off; the 3rd within the interval is FATAL (MAJOR); START clears it."""
+    # No script yet: the monitor is there before the first start (three failed starts
+    # take under 2 s, less than a libca client may need to connect under load).
+    ioc = make_ioc(settings(), slots=1).start()
+    status = monitors(ioc.pv(f"{S01}:STATUS"), StatusMonitor)
+    status.wait("STOPPED")
     # Dies before startsecs (0.5 s), each time: failed starts.
     script = write_script(
         config_dir, "background_script.py", "import sys, time\ntime.sleep(0.2)\nsys.exit(2)\n"
     )
-    ioc = make_ioc(settings(), slots=1).start()
-    status = monitors(ioc.pv(f"{S01}:STATUS"), StatusMonitor)
+    ioc.put(f"{S01}:START", 1)
 
     status.wait("FATAL", timeout=15)
     # Each state is seen unless it lasted less than a publication (50 ms, more under
