@@ -28,6 +28,7 @@ MODE_JOURNAL = "procserv-mode"
 """State database settings slot: procServ endpoint -> the auto-restart mode to put back."""
 
 KICK_INTERVAL = 0.05  # while verifying with PVs not found yet: search again this often
+CONFIRM_TIMEOUT = 2.0  # before a restart: how long a PV shown disconnected may take to answer
 CLOSE_TIMEOUT = 5.0
 
 
@@ -191,6 +192,8 @@ class WatchRunner:
     # ---- restarts ----------------------------------------------------------------
 
     async def _restart(self, action: Restart) -> None:
+        if not action.manual and not await self._still_due():
+            return
         settings = self.settings
         iocs = list(settings.restart)
         how = "procServ" if settings.via == "procserv" else "procServControl"
@@ -240,6 +243,26 @@ class WatchRunner:
         what = f"restarted {', '.join(iocs)}"
         self.db.watch_restart_outcome(self._restart_id, "sent", what)
         self._apply(self.core.restart_sent(time.monotonic(), what))
+
+    async def _still_due(self) -> bool:
+        """Look again just before an automatic restart goes out.
+
+        A PV shown disconnected may be back already: after a network outage
+        caproto searches only every few seconds, and procServ may answer before
+        the PVs do. Search for those now and give them a moment; the restart
+        goes out only if what the PVs then show still calls for it.
+        """
+        away = [name for name in self.settings.pvs if not self.monitor.connected(name)]
+        if away:
+            await self.monitor.wait_connected(away, CONFIRM_TIMEOUT)
+        now = time.monotonic()
+        if self.core.restart_due(now):
+            return True
+        back = [name for name in away if self.monitor.connected(name)]
+        why = f"{', '.join(back[:3])} answered again" if back else "the condition cleared"
+        log.info("watch %s: restart not sent: %s", self.name, why)
+        self._apply(self.core.restart_withdrawn(now, f"no restart needed: {why}"))
+        return False
 
     def _failed(self, why: str) -> None:
         self._apply(self.core.restart_failed(time.monotonic(), why))
