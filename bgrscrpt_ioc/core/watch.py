@@ -141,6 +141,9 @@ class WatchCore:
         self._need_any = False
         self._restart_what = "restart"
         self._retrying = False  # the restart under way retries one that did not cure
+        # The connect grace is a deadline like the others: once a tick has run at or
+        # after it, it is spent and next_deadline() no longer offers it.
+        self._grace_spent = False
 
     # ---- what the PVs say --------------------------------------------------
 
@@ -200,7 +203,14 @@ class WatchCore:
     # ---- time ----------------------------------------------------------------
 
     def tick(self, now: float) -> list[Action]:
-        """Let time pass: start, finish or give up whatever is due at ``now``."""
+        """Let time pass: start, finish or give up whatever is due at ``now``.
+
+        Every deadline that :meth:`next_deadline` offered and ``now`` has reached
+        is acted on here, however late: after ``tick(now)`` the next deadline is
+        later than ``now``, so a caller that sleeps until it never spins.
+        """
+        if now >= self.started + self.policy.connect_grace:
+            self._grace_spent = True
         state = self.state
         if state in (WatchState.DISABLED, WatchState.RESTARTING, WatchState.LOCKOUT):
             return []
@@ -215,9 +225,9 @@ class WatchCore:
                 held = now - self._since
                 self._enter(WatchState.OK, now, f"condition cleared after {held:.1f} s, no restart")
                 return []
-            if now - self._since < self.policy.delay:
-                wait = self.policy.delay - (now - self._since)
-                self.msg = f"{', '.join(triggering)}; restart in {wait:.1f} s unless it clears"
+            due = self._since + self.policy.delay  # the very sum next_deadline() offers
+            if now < due:
+                self.msg = f"{', '.join(triggering)}; restart in {due - now:.1f} s unless it clears"
                 return []
             return self._restart_or_lockout(now, ", ".join(triggering))
         if state is WatchState.VERIFYING:
@@ -245,10 +255,19 @@ class WatchCore:
         return []
 
     def next_deadline(self) -> float:
-        """When :meth:`tick` next has something to do (math.inf: only an event can)."""
+        """When :meth:`tick` next has something to do (math.inf: only an event can).
+
+        Never a time a tick has already passed with nothing changed: a deadline in
+        the past is one that no tick has yet run at.
+        """
         times = [math.inf]
         unseen = any(not pv.seen for pv in self.pvs.values())
-        if unseen and self.state in (WatchState.OK, WatchState.PENDING):
+        if (
+            unseen
+            and not self._grace_spent
+            and self.policy.disconnected
+            and self.state in (WatchState.OK, WatchState.PENDING)
+        ):
             times.append(self.started + self.policy.connect_grace)
         if self.state is WatchState.PENDING:
             times.append(self._since + self.policy.delay)

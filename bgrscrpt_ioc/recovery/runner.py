@@ -29,6 +29,8 @@ MODE_JOURNAL = "procserv-mode"
 
 KICK_INTERVAL = 0.05  # while verifying with PVs not found yet: search again this often
 CONFIRM_TIMEOUT = 2.0  # before a restart: how long a PV shown disconnected may take to answer
+STALE_DEADLINE_RETRY = 0.5
+"""A deadline a tick has already passed is a core bug: look again this much later, not at once."""
 CLOSE_TIMEOUT = 5.0
 
 
@@ -74,6 +76,7 @@ class WatchRunner:
         self._task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stale_logged = False
         self._values = set(settings.values)
         self.journal = DbModeJournal(db)
 
@@ -140,9 +143,16 @@ class WatchRunner:
 
     async def _run(self) -> None:
         """Ticks the core when a deadline is due and publishes what changed."""
+        last_tick = -math.inf
         while True:
             now = time.monotonic()
-            wait = self.core.next_deadline() - now
+            deadline = self.core.next_deadline()
+            if deadline <= last_tick:
+                # The core promises a tick moves every due deadline on; if one broke
+                # that promise, waiting for it would spin here with the loop held.
+                self._stale_deadline(deadline, last_tick)
+                deadline = now + STALE_DEADLINE_RETRY
+            wait = deadline - now
             kicking = self.core.state is WatchState.VERIFYING and any(
                 not pv.connected for pv in self.core.pvs.values()
             )
@@ -156,12 +166,26 @@ class WatchRunner:
                     async with asyncio.timeout(None if math.isinf(wait) else wait):
                         await self._wake.wait()
             self._wake.clear()
-            self._apply(self.core.tick(time.monotonic()), wake=False)
+            last_tick = time.monotonic()
+            self._apply(self.core.tick(last_tick), wake=False)
             if self.group is not None:
                 try:
                     await self.group.publish(self.view())
                 except Exception:  # publishing must never stop the watch
                     log.exception("watch %s: publishing failed", self.name)
+
+    def _stale_deadline(self, deadline: float, ticked: float) -> None:
+        if not self._stale_logged:
+            self._stale_logged = True
+            log.error(
+                "watch %s: a tick at %.3f left the deadline %.3f due (state %s); "
+                "re-checking every %g s (a bug: please report)",
+                self.name,
+                ticked,
+                deadline,
+                self.core.state.name,
+                STALE_DEADLINE_RETRY,
+            )
 
     def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
         for action in actions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import stat
 import sys
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 SETTINGS_SAVE_DELAY = 0.2
 """Seconds within which a setting put over CA reaches the state database."""
+
+STALE_DEADLINE_RETRY = 0.5
+"""A deadline a tick has already passed is a core bug: look again this much later, not at once."""
 
 
 # path -> the (inode, size, mtime, ctime) of the version that last compiled cleanly.
@@ -105,6 +109,8 @@ class SlotRunner:
         self.process: ScriptProcess | None = None
         self._run_id = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._last_tick = -math.inf  # when the core was last ticked (the guard in _schedule)
+        self._stale_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Event | None = None
         self._unsaved: dict[str, str] = {}
@@ -259,12 +265,30 @@ class SlotRunner:
             self._timer.cancel()
             self._timer = None
         deadline = self.core.next_deadline()
-        if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_later(max(deadline - time.monotonic(), 0.0), self._tick)
+        if deadline is None or self._loop is None:
+            return
+        now = time.monotonic()
+        if deadline <= self._last_tick:
+            # The core promises a tick moves every due deadline on; if one broke that
+            # promise, a timer at once would tick again and again, burning the loop.
+            if not self._stale_logged:
+                self._stale_logged = True
+                log.error(
+                    "%s: a tick at %.3f left the deadline %.3f due (state %s); "
+                    "re-checking every %g s (a bug: please report)",
+                    self.name,
+                    self._last_tick,
+                    deadline,
+                    self.core.state.name,
+                    STALE_DEADLINE_RETRY,
+                )
+            deadline = now + STALE_DEADLINE_RETRY
+        self._timer = self._loop.call_later(max(deadline - now, 0.0), self._tick)
 
     def _tick(self) -> None:
         self._timer = None
-        self._apply(self.core.tick(time.monotonic()))
+        self._last_tick = time.monotonic()
+        self._apply(self.core.tick(self._last_tick))
 
     def _spawn(self) -> None:
         assert self._loop is not None
