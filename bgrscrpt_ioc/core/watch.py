@@ -140,7 +140,6 @@ class WatchCore:
         self._restart_began = now
         self._need_any = False
         self._restart_what = "restart"
-        self._retrying = False  # the restart under way retries one that did not cure
         # The connect grace is a deadline like the others: once a tick has run at or
         # after it, it is spent and next_deadline() no longer offers it.
         self._grace_spent = False
@@ -321,26 +320,6 @@ class WatchCore:
         self._enter(WatchState.VERIFYING, now, f"{what}; verifying")
         return self.tick(now)
 
-    def restart_due(self, now: float) -> bool:
-        """Whether the automatic restart under way is still called for by what the PVs
-        show now: the runner asks just before sending, after looking afresh."""
-        if self.state is not WatchState.RESTARTING:
-            return False
-        if self._triggering(now):
-            return True
-        return self._retrying and not self._healthy()
-
-    def restart_withdrawn(self, now: float, why: str) -> list[Action]:
-        """The restart under way was not sent: on a fresh look it was no longer called
-        for (``why``, in words). Nothing counts; the watch goes on from OK."""
-        if self.state is not WatchState.RESTARTING:
-            return []
-        retrying = self._retrying
-        if retrying:
-            self.failures = 0
-        self._enter(WatchState.OK, now, why)
-        return [Outcome("recovered", why)] if retrying else self.tick(now)
-
     def restart_failed(self, now: float, why: str, *, dry_run: bool = False) -> list[Action]:
         """The restart could not be sent or confirmed (``why`` says so, in words)."""
         if self.state is not WatchState.RESTARTING:
@@ -374,7 +353,6 @@ class WatchCore:
 
     def _begin_restart(self, now: float, reason: str, *, manual: bool) -> list[Action]:
         self._restart_began = now
-        self._retrying = self.state is WatchState.FAILED and not manual
         self._restart_what = "restart"
         # What was unhealthy must be heard from again before it counts as recovered;
         # when nothing was, any one update shows the restart took effect.

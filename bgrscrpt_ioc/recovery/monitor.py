@@ -73,7 +73,6 @@ class PvMonitor:
         self._connected: dict[str, bool] = {}
         self._silent_since: dict[str, float] = {}  # not connected since (monotonic)
         self._said_silent: set[str] = set()
-        self._news = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def add(self, names: Iterable[str], *, as_string: bool = False) -> None:
@@ -94,10 +93,6 @@ class PvMonitor:
         if self._task is None:
             self._task = asyncio.create_task(self._recreate_silent(), name="watch PV silence")
 
-    def connected(self, name: str) -> bool:
-        """``name`` is connected and has given a value since."""
-        return self._connected.get(name, False)
-
     def _subscribe(self, pv: Any) -> None:
         sub = pv.subscribe(data_type=self._data_type[pv.name])
         self._subs[pv.name] = (sub, sub.add_callback(self._on_value))
@@ -111,7 +106,6 @@ class PvMonitor:
         if self._connected.get(pv.name):
             self._connected[pv.name] = False
             self._silent_since[pv.name] = time.monotonic()
-            self._news.set()
             self.listener(PvUpdate(pv.name, connected=False))
 
     async def _on_value(self, sub: Any, response: Any) -> None:
@@ -129,7 +123,6 @@ class PvMonitor:
             if name in self._said_silent:
                 self._said_silent.discard(name)
                 log.info("watched PV %s connected again", name)
-        self._news.set()
         self.listener(
             PvUpdate(
                 name,
@@ -157,11 +150,12 @@ class PvMonitor:
 
     async def _recreate(self, name: str) -> None:
         old = self._pvs[name]
-        sub, token = self._subs.pop(name)
-        try:
-            await sub.remove_callback(token)
-        except Exception as exc:  # a dead circuit: nothing left to unsubscribe
-            log.debug("unsubscribing %s: %s", name, exc)
+        sub, token = self._subs.pop(name, (None, 0))
+        if sub is not None:
+            try:
+                await sub.remove_callback(token)
+            except Exception as exc:  # a dead circuit: nothing left to unsubscribe
+                log.debug("unsubscribing %s: %s", name, exc)
         new = await self.context.recreate(old)
         self._pvs[name] = new
         self._subscribe(new)
@@ -185,23 +179,6 @@ class PvMonitor:
         restart wants the new IOC found as soon as it serves.
         """
         self.context.broadcaster.search_now()
-
-    async def wait_connected(self, names: Iterable[str], timeout: float) -> bool:
-        """Search now for those of ``names`` not connected and wait up to ``timeout``
-        seconds for each to connect and give a value. True when all did."""
-        names = [n for n in names if n in self._pvs]
-        deadline = time.monotonic() + timeout
-        self.kick_searches()
-        while True:
-            self._news.clear()
-            if all(self.connected(n) for n in names):
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
-                    await self._news.wait()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -28,7 +28,7 @@ MODE_JOURNAL = "procserv-mode"
 """State database settings slot: procServ endpoint -> the auto-restart mode to put back."""
 
 KICK_INTERVAL = 0.05  # while verifying with PVs not found yet: search again this often
-CONFIRM_TIMEOUT = 2.0  # before a restart: how long a PV shown disconnected may take to answer
+SEARCH_AHEAD = 1.0  # before a restart can fall due: search afresh for PVs shown disconnected
 STALE_DEADLINE_RETRY = 0.5
 """A deadline a tick has already passed is a core bug: look again this much later, not at once."""
 CLOSE_TIMEOUT = 5.0
@@ -76,6 +76,7 @@ class WatchRunner:
         self._task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._ahead: asyncio.TimerHandle | None = None  # the next search ahead of a restart
         self._stale_logged = False
         self._values = set(settings.values)
         self.journal = DbModeJournal(db)
@@ -127,6 +128,8 @@ class WatchRunner:
 
     async def close(self) -> None:
         """Stop the watch; a restart under way is cut short (recorded as interrupted)."""
+        if self._ahead is not None:
+            self._ahead.cancel()
         tasks = [t for t in (self._restart_task, self._task) if t is not None]
         deadline = time.monotonic() + CLOSE_TIMEOUT
         pending = [t for t in tasks if not t.done()]
@@ -159,6 +162,7 @@ class WatchRunner:
             if kicking:
                 self.monitor.kick_searches()
                 wait = min(wait, KICK_INTERVAL)
+            self._search_ahead(wait)
             if wait > 0:
                 # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
                 # cancellation, and this loop would outlive the IOC's shutdown.
@@ -173,6 +177,26 @@ class WatchRunner:
                     await self.group.publish(self.view())
                 except Exception:  # publishing must never stop the watch
                     log.exception("watch %s: publishing failed", self.name)
+
+    def _search_ahead(self, wait: float) -> None:
+        """A restart may fall due in ``wait`` s: search afresh for the PVs shown
+        disconnected a little before, so that it is decided on what they show then.
+
+        After a network outage caproto searches only every few seconds, and
+        procServ may answer before the PVs do: without this, a healthy IOC whose
+        PVs were about to be found again would be restarted. A timer, not a tick,
+        so that the core is looked at no more often than its deadlines ask.
+        """
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+        if self.core.state not in (WatchState.PENDING, WatchState.FAILED) or math.isinf(wait):
+            return
+        if all(pv.connected for pv in self.core.pvs.values()):
+            return
+        self._ahead = asyncio.get_running_loop().call_later(
+            max(0.0, wait - SEARCH_AHEAD), self.monitor.kick_searches
+        )
 
     def _stale_deadline(self, deadline: float, ticked: float) -> None:
         if not self._stale_logged:
@@ -216,8 +240,6 @@ class WatchRunner:
     # ---- restarts ----------------------------------------------------------------
 
     async def _restart(self, action: Restart) -> None:
-        if not action.manual and not await self._still_due():
-            return
         settings = self.settings
         iocs = list(settings.restart)
         how = "procServ" if settings.via == "procserv" else "procServControl"
@@ -267,26 +289,6 @@ class WatchRunner:
         what = f"restarted {', '.join(iocs)}"
         self.db.watch_restart_outcome(self._restart_id, "sent", what)
         self._apply(self.core.restart_sent(time.monotonic(), what))
-
-    async def _still_due(self) -> bool:
-        """Look again just before an automatic restart goes out.
-
-        A PV shown disconnected may be back already: after a network outage
-        caproto searches only every few seconds, and procServ may answer before
-        the PVs do. Search for those now and give them a moment; the restart
-        goes out only if what the PVs then show still calls for it.
-        """
-        away = [name for name in self.settings.pvs if not self.monitor.connected(name)]
-        if away:
-            await self.monitor.wait_connected(away, CONFIRM_TIMEOUT)
-        now = time.monotonic()
-        if self.core.restart_due(now):
-            return True
-        back = [name for name in away if self.monitor.connected(name)]
-        why = f"{', '.join(back[:3])} answered again" if back else "the condition cleared"
-        log.info("watch %s: restart not sent: %s", self.name, why)
-        self._apply(self.core.restart_withdrawn(now, f"no restart needed: {why}"))
-        return False
 
     def _failed(self, why: str) -> None:
         self._apply(self.core.restart_failed(time.monotonic(), why))
