@@ -253,9 +253,9 @@ class CaRelay:
         while True:
             await self._open.wait()
             data = await source.read(65536)
+            await self._open.wait()  # read just before a cut: held back until restored
             if not data:
                 break
-            await self._open.wait()  # read just before a cut: held back until restored
             if sink.is_closing():
                 break
             sink.write(data)

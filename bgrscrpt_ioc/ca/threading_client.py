@@ -204,7 +204,7 @@ class Context(_stock.Context):
         """Open (or reuse) a circuit to ``address`` for the PVs found there; a circuit
         that cannot be opened sends them back to the search."""
         grouped: dict[Any, list[Any]] = defaultdict(list)
-        failed: dict[int, float] = {}  # priority -> retry delay
+        failed: set[int] = set()  # priorities whose circuit could not be opened
         retry: list[tuple[str, int]] = []
         for name in names:
             with self.pv_cache_lock:
@@ -221,7 +221,8 @@ class Context(_stock.Context):
                             *address,
                             exc,
                         )
-                        failed[pv.priority] = self.retry.ended(address, None)
+                        self.retry.ended(address, None)
+                        failed.add(pv.priority)
                 if pv.priority in failed:
                     retry.append((pv.name, pv.priority))
                     continue
@@ -240,4 +241,4 @@ class Context(_stock.Context):
                 # It died before these PVs joined it: its end did not take them along.
                 retry.extend((chan.name, chan.circuit.priority) for chan in channels)
         if retry:
-            self.reconnect_later(retry, max(failed.values(), default=0.0))
+            self.reconnect_later(retry, self.retry.delay(address))

@@ -44,9 +44,13 @@ class CircuitRetry:
         if lived is not None and lived >= self.healthy_after:
             self._failures.pop(address, None)
             return 0.0
-        failures = self._failures.get(address, 0) + 1
-        self._failures[address] = failures
-        return float(min(self.first * 2.0 ** (failures - 1), self.cap))
+        self._failures[address] = self._failures.get(address, 0) + 1
+        return self.delay(address)
+
+    def delay(self, address: Hashable) -> float:
+        """The wait that the last :meth:`ended` for ``address`` asked for (0: none)."""
+        failures = self._failures.get(address, 0)
+        return float(min(self.first * 2.0 ** (failures - 1), self.cap)) if failures else 0.0
 
     def failures(self, address: Hashable) -> int:
         """Circuits to ``address`` that ended young in a row."""
