@@ -11,7 +11,8 @@ chooses the circuit manager below. What stock caproto gets wrong:
   threading client calls ``_disconnected()`` here, which does). Worse,
   ``disconnect()`` shuts the circuit's callback executor down right after
   queueing the PVs' "disconnected" callbacks, so they never run: the
-  application goes on believing the PVs connected. The same happens when a
+  application goes on believing the PVs connected, and so does ``PV.connected``
+  (the circuit's state machine is never told). The same happens when a
   circuit is dropped for a protocol error. Here a circuit manager's
   ``disconnect()`` acts as the user's only while its context is closing;
   otherwise it is a circuit loss like any other: the PVs are told, and
@@ -30,6 +31,7 @@ chooses the circuit manager below. What stock caproto gets wrong:
   by the wrong key and cancels nothing, and every search ever made is kept:
   a PV searched for again and again (below) would pile up searches that are
   all resent for ever. Here ``cancel`` cancels, and old searches are let go.
+  (``invalidate_by_name`` also raises KeyError when called twice for a name.)
 * **Every circuit leaks a task.** Each circuit's callback executor keeps a task
   waiting for callbacks for ever, also after the circuit died. Here callbacks
   run in a task that exists only while some are queued.

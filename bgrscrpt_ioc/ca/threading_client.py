@@ -21,6 +21,10 @@ asyncio one (:mod:`bgrscrpt_ioc.ca.client`); what it gets wrong:
   module, circuits that end young are retried after a growing delay
   (:mod:`bgrscrpt_ioc.core.reconnect`), and only the user's own disconnect
   leaves PVs unconnected.
+* **A reset circuit is handed old bytes.** After a connection reset, the
+  selector thread passes the circuit the bytes of its previous read again
+  (a variable left over from the last turn of its loop): old monitor updates
+  processed twice, and a traceback in the log. Here a dead circuit ignores them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ refuse circuits or reset them (tests/ca_relay.py).
 Each test states a behaviour any CA client should have, so it can be offered
 upstream. ``BGRSCRPT_STOCK_CAPROTO=1`` runs the same tests on caproto's own
 classes: every one fails but the watch monitor's (which needs the fixed
-context) and the last (caproto's threading client gets that one right).
+context) and the threading client's reconnection after an unresponsive server
+(which caproto's threading client gets right).
 """
 
 from __future__ import annotations
@@ -182,10 +183,11 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> None:
 async def test_a_pv_of_an_unresponsive_server_is_reported_disconnected_and_reconnects(link):
     server, relay = link
     events = Events()
-    async with subscribed(server.name, events):
+    async with subscribed(server.name, events) as pv:
         await events.wait(lambda: events.values == [1.0], 10, "first value")
         relay.cut()  # the server's host drops off the network: not a byte either way
         await events.wait(lambda: "disconnected" in events.states, 10, "disconnection")
+        assert not pv.connected
         relay.restore()
         server.write(2.0)
         await events.wait(lambda: events.values[-1:] == [2.0], 15, "value after the outage")
@@ -347,3 +349,27 @@ def test_threading_a_pv_of_an_unresponsive_server_reconnects(link):
         wait_until(lambda: values[-1:] == [4.0], 15, "value after the outage")
     finally:
         ctx.disconnect(wait=False)
+
+
+def test_threading_a_reset_circuit_is_not_handed_old_data(link, caplog):
+    server, relay = link
+    ctx = ThreadingContext()
+    values: list[float] = []
+
+    def on_value(sub: Any, response: Any) -> None:
+        values.append(float(response.data[0]))
+
+    try:
+        (pv,) = ctx.get_pvs(server.name)
+        pv.subscribe(data_type="time").add_callback(on_value)
+        wait_until(lambda: values == [1.0], 10, "first value")
+        server.write(5.0)
+        wait_until(lambda: values[-1:] == [5.0], 10, "an update")
+        relay.restore(reset=True)  # the server resets the circuit
+        server.write(6.0)
+        wait_until(lambda: values[-1:] == [6.0], 15, "value on the new circuit")
+    finally:
+        ctx.disconnect(wait=False)
+    # caproto's selector hands the dead circuit the update before the reset again.
+    assert values.count(5.0) == 1, values
+    assert not [r for r in caplog.records if "Invalid command" in r.getMessage()]
