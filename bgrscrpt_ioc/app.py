@@ -15,18 +15,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from caproto.asyncio.server import start_server
+from caproto import AlarmSeverity
+from caproto.asyncio.server import Context, VirtualCircuit
 
 from bgrscrpt_ioc.ca import caproto_fixes
 from bgrscrpt_ioc.ca.access import apply_access
+from bgrscrpt_ioc.ca.discovery import DiscoveryMixin
+from bgrscrpt_ioc.ca.epics_reads import RefusedReads
 from bgrscrpt_ioc.ca.pvdb import build_pvdb
+from bgrscrpt_ioc.ioc_health import LoopLag, health_message
 from bgrscrpt_ioc.recovery.service import WatchService
 from bgrscrpt_ioc.settings import Settings
-from bgrscrpt_ioc.state_db import StateDB, VarDirLock
+from bgrscrpt_ioc.state_db import StateDB
 from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group
 from bgrscrpt_ioc.supervisor.process import setpriv_prefix
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
+from bgrscrpt_ioc.var_dir import VarDirLock, VarDirUnusable, check_var_dir
 
 log = logging.getLogger("bgrscrpt_ioc")
 
@@ -36,46 +41,21 @@ PUBLISH_INTERVAL = 0.05
 # LOG is the one PV that can change on every publication (a script printing
 # non-stop); at 4 Hz it stays live for people and cheap for 50 subscribers.
 LOG_INTERVAL = 0.25
+# Each stops the IOC the same way: every script stopped (SIGTERM, then SIGKILL after
+# its stop timeout), the state database written, then exit. SIGHUP too: a closed
+# terminal or a procServ/SSH session gone must not kill the scripts unrecorded.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class _OneLineBeaconFailures(logging.Filter):
-    """caproto logs every beacon it fails to send with a traceback.
-
-    A beacon to an address where no CA repeater listens is refused (ICMP port
-    unreachable), every few seconds for the life of the IOC. Say so once per
-    address and reason, in one line, and keep the log readable.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._seen: set[tuple[str, str]] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Failed to send beacon"):
-            return True
-        exc = record.exc_info[1] if record.exc_info else None
-        args = record.args if isinstance(record.args, tuple) else ()
-        address = args[0] if args else "?"
-        if isinstance(address, tuple) and len(address) == 2:
-            address = f"{address[0]}:{address[1]}"
-        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
-        key = (str(address), type(exc).__name__)
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        record.msg = "cannot send beacons to %s (%s); no CA repeater there? Not repeated"
-        record.args = (address, reason)
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.exc_info = None
-        record.exc_text = None
-        return True
+class _Circuit(RefusedReads, VirtualCircuit):
+    """caproto's circuit; a read EPICS base would refuse gets base's answer, not a traceback."""
 
 
-def quiet_beacon_failures() -> None:
-    """Install the one-line beacon filter on caproto's server logger (idempotent)."""
-    logger = logging.getLogger("caproto.ctx")
-    if not any(isinstance(f, _OneLineBeaconFailures) for f in logger.filters):
-        logger.addFilter(_OneLineBeaconFailures())
+class IocContext(DiscoveryMixin, Context):
+    """The IOC's Channel Access server: caproto's asyncio server, on its CA port or
+    not at all, heard by broadcast on every served interface (``ca/discovery.py``)."""
+
+    CircuitClass = _Circuit
 
 
 @dataclass(frozen=True)
@@ -99,6 +79,14 @@ class Publisher:
         self._dirty = asyncio.Event()
         self._log_shown: dict[str, tuple[str, float]] = {}
         self._events: dict[str, tuple] = {}
+        self.lag = LoopLag()
+        self._lag_ms = 0.0
+        self._msg: tuple[str, AlarmSeverity] = ("", AlarmSeverity.NO_ALARM)
+
+    def set_msg(self, text: str, severity: AlarmSeverity) -> None:
+        """The IOC-wide MSG and its severity (shown at the next publication)."""
+        self._msg = (text, severity)
+        self.changed()
 
     def changed(self) -> None:
         self._dirty.set()
@@ -133,6 +121,8 @@ class Publisher:
                     log.exception("publishing %s failed", runner.name)
             try:
                 await self.ioc_group.publish(self.heartbeat, int(now - self.started))
+                await self.ioc_group.publish_lag(self._lag_ms)
+                await self.ioc_group.publish_msg(*self._msg)
             except Exception:  # nor here: the task would end and every PV freeze
                 log.exception("publishing the IOC's PVs failed")
             await asyncio.sleep(PUBLISH_INTERVAL)
@@ -146,6 +136,8 @@ class Publisher:
         while True:
             await asyncio.sleep(max(next_beat - time.monotonic(), 0.0))
             now = time.monotonic()
+            self.lag.note(now - next_beat)
+            self._lag_ms = self.lag.take()
             self.heartbeat += 1
             for runner in self.runners:
                 runner.beat(now)
@@ -179,6 +171,12 @@ async def end_tasks(tasks: list[asyncio.Task], timeout: float = 5.0) -> None:
 
 
 def _clean_leftovers(db: StateDB) -> None:
+    """Runs a dead IOC left open: kill what survives of them, and record how they ended.
+
+    When the IOC dies without stopping its scripts (SIGKILL, a crash), each script
+    leader gets SIGKILL from the kernel (PR_SET_PDEATHSIG) and the guardian
+    SIGKILLs every group: such a run ended by SIGKILL, whoever sent it.
+    """
     for run in db.open_runs():
         killed = kill_leftover_group(run.pid, run.slot)
         if killed:
@@ -188,16 +186,26 @@ def _clean_leftovers(db: StateDB) -> None:
                 len(killed),
                 killed,
             )
-        db.run_ended(run.id, -9 if killed else 0, "ioc-exit")
+        else:
+            log.warning(
+                "%s: the run of pid %d ended when the previous IOC died (killed by SIGKILL)",
+                run.slot,
+                run.pid,
+            )
+        db.run_ended(run.id, -int(signal.SIGKILL), "ioc-exit")
 
 
 async def run_ioc(options: IocOptions) -> int:
-    """Serve until SIGINT or SIGTERM; stop every script first; return the exit status."""
+    """Serve until SIGINT, SIGTERM or SIGHUP; stop every script first; return the exit status."""
     loop = asyncio.get_running_loop()
-    options.var_dir.mkdir(parents=True, exist_ok=True)
+    check_var_dir(options.var_dir)  # raises VarDirUnusable, reported by the CLI
     lock = VarDirLock(options.var_dir)
     lock.acquire()  # raises VarDirInUse, reported by the CLI
-    db = StateDB(options.var_dir / "state.sqlite")
+    try:
+        db = StateDB(options.var_dir / "state.sqlite")
+    except BaseException:
+        lock.release()
+        raise
     guardian = Guardian()
     stop_requested = asyncio.Event()
     tasks: list[asyncio.Task] = []
@@ -217,8 +225,8 @@ async def run_ioc(options: IocOptions) -> int:
                 publisher_ref[0].changed()
 
         for slot in options.settings.slots:
-            runners.append(
-                SlotRunner(
+            try:
+                runner = SlotRunner(
                     slot,
                     config_dir=options.config_dir,
                     var_dir=options.var_dir,
@@ -227,29 +235,48 @@ async def run_ioc(options: IocOptions) -> int:
                     guardian=guardian,
                     on_change=changed,
                 )
-            )
+            except OSError as exc:  # its log file: a directory, not writable, …
+                why = f"{exc.strerror or exc}: {exc.filename}"
+                raise VarDirUnusable(f"{slot.name}: {why}") from None
+            runners.append(runner)
         # Always: DRYRUN and NAMES are served even when no [[watch]] is configured.
         watches = WatchService(options.settings.watches, prefix=options.prefix, db=db)
         now = time.monotonic()
         pvdb, ioc_group, slot_groups = build_pvdb(
-            options.prefix, [(r.name, r, r.view(now)) for r in runners], watches.pvs
+            options.prefix,
+            [(r.name, r, r.view(now)) for r in runners],
+            watches.pvs,
+            lag_limits=(options.settings.loop_lag_high, options.settings.loop_lag_hihi),
         )
         settings = options.settings
         if settings.write_hosts is not None or settings.write_users is not None:
             apply_access(pvdb, write_hosts=settings.write_hosts, write_users=settings.write_users)
         publisher = Publisher(runners, slot_groups, ioc_group, started)
         publisher_ref.append(publisher)
+        publisher.set_msg(*health_message(db.status, db.start_warning))
+        db.attach(loop, lambda status: publisher.set_msg(*health_message(status, db.start_warning)))
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop_requested.set)
+        def stop_on(signum: int) -> None:
+            name = signal.Signals(signum).name
+            if stop_requested.is_set():
+                log.warning("%s: already stopping", name)
+                return
+            log.warning("%s: stopping every script, then the IOC", name)
+            stop_requested.set()
 
-        quiet_beacon_failures()
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop_on, signum)
+
         caproto_fixes.install()
-        server = asyncio.create_task(start_server(pvdb, interfaces=options.interfaces))
+        context = IocContext(pvdb, options.interfaces)
+        # Raises CannotServe (a taken port: reported by the CLI) before any script starts.
+        await context.claim_ports()
+        server = asyncio.create_task(context.run())
         tasks += [
             server,
             asyncio.create_task(publisher.run()),
             asyncio.create_task(publisher.tick()),
+            asyncio.create_task(publisher.lag.run()),
         ]
         for runner in runners:
             runner.open(loop)
@@ -276,7 +303,7 @@ async def run_ioc(options: IocOptions) -> int:
         log.info("shutting down: stopping every script")
         return 0
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         # Scripts first: nothing may outlive the IOC.
         await asyncio.gather(*(r.shutdown() for r in runners), return_exceptions=True)
@@ -290,7 +317,7 @@ async def run_ioc(options: IocOptions) -> int:
         # cancel those only once and wait for ever.
         await end_tasks([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
         guardian.close()
-        db.close()
+        await db.aclose()  # what could not be saved is logged there, change by change
         lock.release()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bgrscrpt_ioc import __version__
 from bgrscrpt_ioc.settings import SettingsError, load_settings, slot_name
+from bgrscrpt_ioc.var_dir import VarDirUnusable, check_var_dir
 
 PROG = "bgrscrpt-ioc"
 
@@ -79,19 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_interfaces(interfaces: list[str]) -> bool:
-    """Validate the addresses; True when every one is loopback."""
-    loopback = True
+def _check_interfaces(interfaces: list[str]) -> None:
+    """Every address must be an IPv4 address (0.0.0.0: every interface)."""
     for addr in interfaces:
         try:
-            ip = ipaddress.ip_address(addr)
+            ipaddress.IPv4Address(addr)
         except ValueError:
-            raise UsageError(f"--interfaces: {addr!r} is not an IP address") from None
-        loopback = loopback and ip.is_loopback
-    return loopback
+            raise UsageError(f"--interfaces: {addr!r} is not an IPv4 address") from None
 
 
-def _ca_environment(loopback_only: bool) -> None:
+def _ca_environment(interfaces: list[str]) -> None:
     """Port and beacon settings, before caproto reads the environment."""
     env = os.environ
     # An EPICS base IOC takes EPICS_CAS_SERVER_PORT first; caproto ignores it.
@@ -100,10 +98,11 @@ def _ca_environment(loopback_only: bool) -> None:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"{name}={port!r} is not a port number")
     env["EPICS_CA_SERVER_PORT"] = port
-    # As IBEX's runIOC does: a loopback-only IOC announces itself on loopback only.
-    if loopback_only and "EPICS_CAS_BEACON_ADDR_LIST" not in env:
-        env["EPICS_CAS_BEACON_ADDR_LIST"] = "127.255.255.255"
-        env.setdefault("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+    # Beacons to each served interface's broadcast address (127.255.255.255 for
+    # loopback, as IBEX's runIOC has it) and EPICS_CAS_BEACON_ADDR_LIST.
+    from bgrscrpt_ioc.ca.discovery import beacon_environment  # caproto: not for --help
+
+    env.update(beacon_environment(interfaces, env))
 
 
 def _settings_path(args: argparse.Namespace) -> Path | None:
@@ -150,13 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"config dir ({source}): no directory at {config_dir}")
         args.config_dir = config_dir
         settings = load_settings(_settings_path(args), config_dir=config_dir, slot_count=args.slots)
-        loopback_only = _check_interfaces(args.interfaces)
-        _ca_environment(loopback_only)
+        _check_interfaces(args.interfaces)
+        _ca_environment(args.interfaces)
         var_dir = args.var_dir.absolute()
         try:
-            var_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--var-dir: cannot use {var_dir}: {exc.strerror or exc}") from None
+            check_var_dir(var_dir)  # before logging starts: one line, exit 2
+        except VarDirUnusable as exc:
+            raise UsageError(f"--var-dir: {exc}") from None
     except (UsageError, SettingsError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -173,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
     from bgrscrpt_ioc.app import IocOptions, main_loop
-    from bgrscrpt_ioc.state_db import VarDirInUse
+    from bgrscrpt_ioc.ca.discovery import CannotServe
+    from bgrscrpt_ioc.var_dir import VarDirInUse
 
     options = IocOptions(
         prefix=args.prefix,
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return main_loop(options)
-    except VarDirInUse as exc:
+    # Found once the IOC runs: one line too.
+    except (VarDirInUse, VarDirUnusable, CannotServe) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

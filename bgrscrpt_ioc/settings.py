@@ -6,53 +6,184 @@ is used, and every error names the file, the line and the key.
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bgrscrpt_ioc.core.endpoint import host_problem, ip_problem, parse_endpoint
 from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, AutoRestart, Policy
 from bgrscrpt_ioc.core.watch import NAMES_LIMIT, SEVERITY_NAMES, Level, WatchPolicy
+
+WATCHDOG_MIN = 1.0
+WATCHDOG_MAX = 86400.0
+"""A watchdog period is 0 (off) or within these, in seconds (also for a WATCHDOG put)."""
 
 
 class SettingsError(Exception):
     """A one-line, human-readable problem with the settings file."""
 
 
-# Keys of [supervisor], usable again in [slots.BGRSCRPT_NN]: (type, minimum, maximum)
-_NUMBERS: dict[str, tuple[type, float, float]] = {
-    "startsecs": (float, 0.0, 3600.0),
-    "stop_timeout": (float, 0.0, 3600.0),
-    "backoff_initial": (float, 0.0, 3600.0),
-    "backoff_max": (float, 0.0, 86400.0),
-    "start_limit_burst": (int, 1, 1000),
-    "start_limit_interval": (float, 0.0, 86400.0),
-    "watchdog": (float, 0.0, 86400.0),
-    "log_max_bytes": (int, 1024, 1 << 40),
-    "log_backups": (int, 0, 1000),
-}
-_SUPERVISOR_KEYS = set(_NUMBERS) | {"autorestart"}
-_SLOT_KEYS = _SUPERVISOR_KEYS | {"script", "macros"}
-_ACCESS_KEYS = {"write_hosts", "write_users"}
-_TOP_KEYS = {"supervisor", "slots", "access", "watch"}
+class _Bad(ValueError):
+    """A value a key cannot take; the text completes "<file>:<line>: <key>: "."""
 
-# Keys of one [[watch]] (SPEC.md): numbers as (type, minimum, maximum)
-_WATCH_NUMBERS: dict[str, tuple[type, float, float]] = {
-    "delay": (float, 0.0, 86400.0),
-    "verify_timeout": (float, 0.1, 86400.0),
-    "max_restarts": (int, 1, 1000),
-    "window": (float, 1.0, 30 * 86400.0),
-    "backoff": (float, 0.0, 86400.0),
-    "backoff_max": (float, 0.0, 7 * 86400.0),
+
+# ---- what each key may hold ------------------------------------------------------------
+# Every key has a checker: it returns the value as the IOC uses it, or raises _Bad
+# with what the key must be. Anything a checker accepts runs.
+
+
+@dataclass(frozen=True)
+class Number:
+    """An integer or a float within [low, high]; ``zero``: 0 is allowed too (off, or at once)."""
+
+    kind: type
+    low: float
+    high: float
+    zero: bool = False
+    unit: str = ""
+
+    def __call__(self, value: Any) -> int | float:
+        is_number = isinstance(value, int) if self.kind is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not is_number:
+            raise _Bad(f"must be {'an integer' if self.kind is int else 'a number'}")
+        if self.zero and value == 0:
+            return self.kind(0)
+        if not (math.isfinite(value) and self.low <= value <= self.high):
+            unit = f" {self.unit}" if self.unit else ""
+            either = "0 or " if self.zero else ""
+            raise _Bad(f"must be {either}between {self.low:g} and {self.high:g}{unit}")
+        return self.kind(value)
+
+
+def _autorestart(value: Any) -> AutoRestart:
+    if value not in AUTORESTART_LABELS:
+        raise _Bad(f"must be one of {list(AUTORESTART_LABELS)}")
+    return AutoRestart(AUTORESTART_LABELS.index(value))
+
+
+SCRIPT_PATH_MAX = 1023
+"""Bytes of a script's absolute path: SCRIPT shows it whole (a 1024-byte waveform)."""
+MACROS_JSON_MAX = 65536
+"""Bytes of a slot's macros as JSON: the script gets them in one environment variable."""
+
+
+def _text(value: Any, what: str) -> str:
+    """A non-empty string with no control characters (they would garble MSG and the log)."""
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"must be {what}")
+    bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160), None)
+    if bad is not None:
+        raise _Bad(f"must be {what}, without control characters (found {bad!r})")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise _Bad(f"must be {what} (found a lone surrogate)")
+    return value
+
+
+def _script(value: Any) -> str:
+    return _text(value, "a file name or path")
+
+
+def _macros(value: Any) -> dict[str, str | int | float | bool]:
+    """What ``get_macro_values()`` can hand a script: names to strings, numbers or booleans."""
+    if not isinstance(value, dict):
+        raise _Bad("must be a table of macro names and values")
+    for name, item in value.items():
+        try:
+            _text(name, "a macro name")
+        except _Bad as exc:
+            raise _Bad(f"{name!r}: {exc}") from None
+        if isinstance(item, str):
+            if "\x00" in item or any(0xD800 <= ord(c) <= 0xDFFF for c in item):
+                raise _Bad(f"{name}: a macro value must not hold NUL or a lone surrogate")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise _Bad(f"{name}: must be a finite number, not {item}")
+        elif not isinstance(item, int | float | bool):
+            raise _Bad(
+                f"{name}: must be a string, a number or true/false, not "
+                f"{_toml_type(item)} (quote it to pass it as text)"
+            )
+    if len(json.dumps(value)) > MACROS_JSON_MAX:
+        raise _Bad(f"too large: the macros are at most {MACROS_JSON_MAX} bytes as JSON")
+    return dict(value)
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _hosts(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad("must be a list of strings")
+    for host in value:
+        name = host.strip()
+        if ip_problem(name) and host_problem(name):
+            raise _Bad(f"{host!r} is neither a host name (RFC 1123) nor an IP address")
+    return value
+
+
+def _users(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad("must be a list of strings")
+    for user in value:
+        _text(user.strip(), "a list of user names")
+    return value
+
+
+# [supervisor], usable again in [slots.BGRSCRPT_NN]. A new numeric key is one line here
+# (and a field of Policy or SlotSettings).
+_SUPERVISOR: dict[str, Callable[[Any], Any]] = {
+    "startsecs": Number(float, 0.0, 3600.0, unit="s"),
+    "stop_timeout": Number(float, 0.1, 3600.0, zero=True, unit="s"),
+    "backoff_initial": Number(float, 0.1, 3600.0, zero=True, unit="s"),
+    "backoff_max": Number(float, 0.1, 86400.0, zero=True, unit="s"),
+    "start_limit_burst": Number(int, 1, 1000),
+    "start_limit_interval": Number(float, 1.0, 86400.0, zero=True, unit="s"),
+    "watchdog": Number(float, WATCHDOG_MIN, WATCHDOG_MAX, zero=True, unit="s"),
+    "log_max_bytes": Number(int, 1024, 1 << 40),
+    "log_backups": Number(int, 0, 1000),
+    "autorestart": _autorestart,
+}
+_SLOT: dict[str, Callable[[Any], Any]] = {**_SUPERVISOR, "script": _script, "macros": _macros}
+_ACCESS: dict[str, Callable[[Any], Any]] = {"write_hosts": _hosts, "write_users": _users}
+_IOC: dict[str, Callable[[Any], Any]] = {
+    "loop_lag_high": Number(float, 1.0, 600000.0, zero=True, unit="ms"),
+    "loop_lag_hihi": Number(float, 1.0, 600000.0, zero=True, unit="ms"),
+}
+_TOP_KEYS = {"supervisor", "slots", "access", "watch", "ioc"}
+
+# One [[watch]]: numbers here, the rest checked in _Validator.watch
+_WATCH_NUMBERS: dict[str, Number] = {
+    "delay": Number(float, 0.1, 86400.0, zero=True, unit="s"),
+    "verify_timeout": Number(float, 1.0, 86400.0, unit="s"),
+    "max_restarts": Number(int, 1, 1000),
+    "window": Number(float, 1.0, 30 * 86400.0, unit="s"),
+    "backoff": Number(float, 0.1, 86400.0, zero=True, unit="s"),
+    "backoff_max": Number(float, 0.1, 7 * 86400.0, zero=True, unit="s"),
 }
 _WATCH_KEYS = set(_WATCH_NUMBERS) | {
     "name", "pvs", "severity", "disconnected", "values", "restart", "via", "procserv",
 }  # fmt: skip
 _PV_SAFE = re.compile(r"[A-Za-z0-9_-]{1,40}")
-_PV_NAME = re.compile(r"[^\s\"']{1,200}")
-_ENDPOINT = re.compile(r"(?:unix:/\S+|[A-Za-z0-9_.-]+:[0-9]{1,5})")
+# Printable ASCII but space and quotes: what EPICS record and CA names are made of.
+_PV_NAME = re.compile(r"[!#-&(-~]{1,200}")
+DBR_STRING_MAX = 39
+"""Characters of a DBR_STRING (40 bytes with its NUL): a longer `values` entry never matches."""
 
 
 def slot_name(index: int) -> str:
@@ -99,6 +230,8 @@ class Settings:
     write_users: list[str] | None = None
     source: Path | None = None
     watches: tuple[WatchSettings, ...] = ()
+    loop_lag_high: float = 200.0  # ms: BGRSCRPT:LOOP_LAG MINOR at or above (0: off)
+    loop_lag_hihi: float = 1000.0  # ms: MAJOR at or above (0: off)
 
 
 def load_settings(path: Path | None, *, config_dir: Path, slot_count: int) -> Settings:
@@ -161,7 +294,7 @@ class _Validator:
             if key not in _TOP_KEYS:
                 raise self.fail("", key, f"unknown key (expected one of {sorted(_TOP_KEYS)})")
         supervisor = self.table(data, "", "supervisor")
-        defaults = self.slot_values("supervisor", supervisor, _SUPERVISOR_KEYS)
+        defaults = self.checked("supervisor", supervisor, _SUPERVISOR)
         slots_table = self.table(data, "", "slots")
         names = [slot_name(i) for i in range(1, slot_count + 1)]
         for name in slots_table:
@@ -170,19 +303,23 @@ class _Validator:
         slots = []
         for index, name in enumerate(names, 1):
             own = self.table(slots_table, "slots", name)
-            values = {**defaults, **self.slot_values(f"slots.{name}", own, _SLOT_KEYS)}
-            slots.append(self.slot(name, index, values, config_dir))
-        access = self.table(data, "", "access")
-        hosts = users = None
-        for key, value in access.items():
-            if key not in _ACCESS_KEYS:
-                raise self.fail("access", key, f"unknown key (expected {sorted(_ACCESS_KEYS)})")
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise self.fail("access", key, "must be a list of strings")
-        hosts = access.get("write_hosts")
-        users = access.get("write_users")
+            values = {**defaults, **self.checked(f"slots.{name}", own, _SLOT)}
+            slots.append(self.slot(name, index, values, config_dir, own=set(own)))
+        access = self.checked("access", self.table(data, "", "access"), _ACCESS)
+        ioc = self.checked("ioc", self.table(data, "", "ioc"), _IOC)
+        high, hihi = ioc.get("loop_lag_high", 200.0), ioc.get("loop_lag_hihi", 1000.0)
+        if high and hihi and hihi < high:
+            raise self.fail("ioc", "loop_lag_hihi", "must not be less than loop_lag_high")
         watches = self.watches(data.get("watch", []))
-        return Settings(tuple(slots), hosts, users, self.path, watches)
+        return Settings(
+            tuple(slots),
+            access.get("write_hosts"),
+            access.get("write_users"),
+            self.path,
+            watches,
+            loop_lag_high=high,
+            loop_lag_hihi=hihi,
+        )
 
     # ---- [[watch]] ------------------------------------------------------------------
 
@@ -248,16 +385,12 @@ class _Validator:
             if key not in _WATCH_KEYS:
                 raise fail(key, f"unknown key (expected one of {sorted(_WATCH_KEYS)})")
         numbers: dict[str, Any] = {}
-        for key, (kind, low, high) in _WATCH_NUMBERS.items():
-            if key not in entry:
-                continue
-            value = entry[key]
-            ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
-            if isinstance(value, bool) or not ok_type:
-                raise fail(key, f"must be {'an integer' if kind is int else 'a number'}")
-            if not (math.isfinite(value) and low <= value <= high):
-                raise fail(key, f"must be between {low:g} and {high:g}")
-            numbers[key] = kind(value)
+        for key, check in _WATCH_NUMBERS.items():
+            if key in entry:
+                try:
+                    numbers[key] = check(entry[key])
+                except _Bad as exc:
+                    raise fail(key, str(exc)) from None
         pvs = entry.get("pvs")
         if (
             not isinstance(pvs, list)
@@ -277,6 +410,17 @@ class _Validator:
             or all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         ):
             raise fail("values", "must be a list of strings, or a list of numbers")
+        for value in values:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise fail("values", f"{value} can never match: use finite numbers")
+            if isinstance(value, str) and (
+                len(value.strip().encode("utf-8")) > DBR_STRING_MAX or "\x00" in value
+            ):
+                raise fail(
+                    "values",
+                    f"{value[:50]!r} can never match: a PV's value as text is at most "
+                    f"{DBR_STRING_MAX} characters",
+                )
         restart = entry.get("restart")
         if (
             not isinstance(restart, list)
@@ -295,10 +439,12 @@ class _Validator:
         for ioc, endpoint in procserv.items():
             if ioc not in restart:
                 raise fail("procserv", f"{ioc} is not in restart")
-            if not isinstance(endpoint, str) or not _ENDPOINT.fullmatch(endpoint):
+            if not isinstance(endpoint, str):
                 raise fail("procserv", f'{ioc} must be "host:port" or "unix:/path"')
-            if not endpoint.startswith("unix:") and not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
-                raise fail("procserv", f"{ioc}: {endpoint.rsplit(':', 1)[1]} is not a port")
+            try:
+                parse_endpoint(endpoint)
+            except ValueError as exc:
+                raise fail("procserv", f"{ioc}: {endpoint!r}: {exc}") from None
         if via == "procserv":
             missing = [ioc for ioc in restart if ioc not in procserv]
             if missing:
@@ -326,44 +472,41 @@ class _Validator:
             raise self.fail(where, key, "must be a table")
         return value
 
-    def slot_values(self, table: str, values: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    def checked(
+        self, table: str, values: dict[str, Any], keys: dict[str, Callable[[Any], Any]]
+    ) -> dict[str, Any]:
+        """Each key of ``values`` known in ``keys`` and accepted by its checker, converted."""
         out: dict[str, Any] = {}
         for key, value in values.items():
-            if key not in allowed:
-                raise self.fail(table, key, f"unknown key (expected one of {sorted(allowed)})")
-            if key in _NUMBERS:
-                kind, low, high = _NUMBERS[key]
-                ok_type = isinstance(value, int) if kind is int else isinstance(value, int | float)
-                if isinstance(value, bool) or not ok_type:
-                    raise self.fail(
-                        table, key, f"must be {'an integer' if kind is int else 'a number'}"
-                    )
-                if not (math.isfinite(value) and low <= value <= high):
-                    raise self.fail(table, key, f"must be between {low:g} and {high:g}")
-                out[key] = kind(value)
-            elif key == "autorestart":
-                if value not in AUTORESTART_LABELS:
-                    raise self.fail(table, key, f"must be one of {list(AUTORESTART_LABELS)}")
-                out[key] = AutoRestart(AUTORESTART_LABELS.index(value))
-            elif key == "script":
-                if not isinstance(value, str) or not value:
-                    raise self.fail(table, key, "must be a file name or path")
-                out[key] = value
-            elif key == "macros":
-                if not isinstance(value, dict):
-                    raise self.fail(table, key, "must be a table of macro names and values")
-                out[key] = value
+            if key not in keys:
+                raise self.fail(table, key, f"unknown key (expected one of {sorted(keys)})")
+            try:
+                out[key] = keys[key](value)
+            except _Bad as exc:
+                raise self.fail(table, key, str(exc)) from None
         return out
 
-    def slot(self, name: str, index: int, values: dict[str, Any], config_dir: Path) -> SlotSettings:
+    def slot(
+        self, name: str, index: int, values: dict[str, Any], config_dir: Path, own: set[str]
+    ) -> SlotSettings:
+        """``values``: [supervisor] overlaid with the slot's own keys, which are ``own``."""
         policy_keys = set(Policy.__dataclass_fields__)
         policy = Policy(**{k: v for k, v in values.items() if k in policy_keys})
         if policy.backoff_max < policy.backoff_initial:
-            table = f"slots.{name}" if "backoff_max" not in values else "supervisor"
-            raise self.fail(table, "backoff_max", "must not be less than backoff_initial")
+            # Name the key that made it so: the slot's own if it has one, else [supervisor]'s.
+            pair = ("backoff_max", "backoff_initial")
+            mine = [key for key in pair if key in own]
+            table = f"slots.{name}" if mine else "supervisor"
+            key = (mine or [k for k in pair if k in values] or ["backoff_max"])[0]
+            other = pair[1] if key == pair[0] else pair[0]
+            relation = "less than" if key == "backoff_max" else "more than"
+            raise self.fail(table, key, f"must not be {relation} {other}")
         script = Path(values.get("script", default_script(index)))
         if not script.is_absolute():
             script = config_dir / script
+        if len(str(script.absolute()).encode("utf-8", "surrogateescape")) > SCRIPT_PATH_MAX:
+            problem = f"the script's path is longer than {SCRIPT_PATH_MAX} bytes"
+            raise self.fail(f"slots.{name}", "script", problem)
         return SlotSettings(
             name=name,
             script=script.absolute(),

@@ -10,8 +10,12 @@ caproto 1.3 needs a little help to behave like an EPICS record:
 * Record fields (``.DESC``, ``.ZNAM``, ``.PROC`` …) are writable over CA and some
   of them write through to the record. Here they are read-only: the contract is
   the template, not whatever a client last wrote.
-* ``.EGU``, ``.ASG``, ``.FTVL``, limits and state severities are not filled in
-  from the channel's own metadata; :func:`describe_record` does that.
+* ``.EGU``, ``.ASG``, ``.FTVL``, ``.PREC``, limits and state severities are not
+  filled in from the channel's own metadata, and some fields keep caproto's
+  defaults where EPICS base has others (``.UDF`` 1, ``.HHSV`` MAJOR ...);
+  :func:`describe_record` fills them in as base has them.
+* Reads as other DBR types than the native one, and their metadata, follow
+  EPICS base: the classes here mix in :class:`~.epics_reads.BaseReads`.
 * A rejected put makes caproto log a full traceback; :func:`quiet_rejected_puts`
   turns that into one line.
 """
@@ -28,6 +32,8 @@ from caproto import AccessRights, AlarmSeverity, AlarmStatus, ChannelData, Chann
 from caproto._data import Forbidden, SkipWrite
 from caproto._utils import CaprotoConversionError
 from caproto.server import PvpropertyDouble, PvpropertyEnum
+
+from .epics_reads import BaseReads, keep_nord
 
 READONLY_ASG = "READONLY"
 """The ``ASG`` of a record clients may not write (IBEX's access security group name)."""
@@ -78,7 +84,7 @@ def enum_label(labels: tuple[str, ...], value: Any) -> str:
     raise PutRejected(f"cannot put {type(value).__name__} to an enum")
 
 
-class CheckedEnum(_VerifyBeforeWrite, PvpropertyEnum):
+class CheckedEnum(_VerifyBeforeWrite, BaseReads, PvpropertyEnum):
     """A writable ENUM that rejects unknown strings and out-of-range indices.
 
     The putter receives the label (a ``str``), never an index.
@@ -98,7 +104,7 @@ class CheckedEnum(_VerifyBeforeWrite, PvpropertyEnum):
         return await super().write_from_dbr(data, data_type, metadata, **kwargs)
 
 
-class CheckedDouble(_VerifyBeforeWrite, PvpropertyDouble):
+class CheckedDouble(_VerifyBeforeWrite, BaseReads, PvpropertyDouble):
     """A writable DOUBLE whose control limits reject (not clamp) a put outside them.
 
     An empty string is refused too (caproto would read it as 0).
@@ -140,15 +146,21 @@ def _preset(channel: ChannelData, value: Any) -> None:
 def preset_value(channel: ChannelData, value: Any) -> None:
     """Set a channel's initial value synchronously (before the server starts)."""
     _preset(channel, channel.preprocess_value(value))
+    keep_nord(channel)
 
 
 def preset_alarm(channel: ChannelData, status: AlarmStatus, severity: AlarmSeverity) -> None:
     """Set a channel's initial alarm synchronously (before the server starts)."""
     status, severity = AlarmStatus(status), AlarmSeverity(severity)
-    channel.alarm._data.update(status=status, severity=severity)
+    alarm = channel.alarm
+    # As ChannelAlarm.write: the severity to acknowledge (.ACKS) rises with the alarm.
+    acks = alarm.severity_to_acknowledge
+    if not alarm.must_acknowledge_transient or acks < severity:
+        acks = severity
+    alarm._data.update(status=status, severity=severity, severity_to_acknowledge=acks)
     # .STAT/.SEVR follow the alarm only when it is published; start them in step.
     fields: dict[str, ChannelData] = getattr(channel, "fields", {})
-    for name, index in (("STAT", int(status)), ("SEVR", int(severity))):
+    for name, index in (("STAT", int(status)), ("SEVR", int(severity)), ("ACKS", int(acks))):
         if name in fields:
             _preset(fields[name], fields[name].enum_strings[index])
 
@@ -171,6 +183,29 @@ _MENU_ALARM_SEVR = {
 }  # EPICS menuAlarmSevr
 
 
+_BASE_DEFAULTS = {
+    # The record always holds a value; caproto starts UDF at 1.
+    "UDF": 0,
+    # No alarm limits: EPICS base's defaults (caproto has MINOR and MAJOR).
+    "HHSV": "NO_ALARM",
+    "HSV": "NO_ALARM",
+    "LSV": "NO_ALARM",
+    "LLSV": "NO_ALARM",
+    # No links: empty (caproto shows "0").
+    **dict.fromkeys(("INP", "OUT", "DOL", "FLNK", "SDIS", "TSEL", "SIOL", "SIML"), ""),
+}
+
+
+# (channel attribute, limit field, its severity field, the severity it gives), as an
+# ai/ao/longin with HHSV=MAJOR, HSV=MINOR, LSV=MINOR, LLSV=MAJOR.
+_ALARM_LIMITS = (
+    ("upper_alarm_limit", "HIHI", "HHSV", "MAJOR"),
+    ("upper_warning_limit", "HIGH", "HSV", "MINOR"),
+    ("lower_warning_limit", "LOW", "LSV", "MINOR"),
+    ("lower_alarm_limit", "LOLO", "LLSV", "MAJOR"),
+)
+
+
 def describe_record(
     channel: ChannelData, state_severities: Mapping[int, AlarmSeverity] | None = None
 ) -> None:
@@ -178,19 +213,28 @@ def describe_record(
 
     ``.ASG`` reads READONLY for a read-only record (as in the templates), ``.EGU``
     the units, ``.FTVL`` CHAR for a char waveform, ``.DRVH``/``.DRVL`` and
-    ``.HOPR``/``.LOPR`` the control and display limits, the state names
+    ``.HOPR``/``.LOPR`` the control and display limits, ``.HIHI``/``.HIGH``/``.LOW``/
+    ``.LOLO`` with their severities the alarm limits that are set, the state names
     (``ZNAM``/``ONAM``, ``ZRST``…) the enum strings, and the ``xxSV`` fields
     of an mbbi/mbbo the severities in ``state_severities`` (state index → severity).
     """
     fields: dict[str, ChannelData] = getattr(channel, "fields", {})
     values: dict[str, Any] = {"ASG": READONLY_ASG if is_read_only(channel) else ""}
+    values.update(_BASE_DEFAULTS)
     if getattr(channel, "units", ""):
         values["EGU"] = channel.units
+    if getattr(channel, "precision", None) is not None:
+        values["PREC"] = channel.precision
     if channel.data_type == ChannelType.CHAR:
         values["FTVL"] = "CHAR"
     if hasattr(channel, "upper_ctrl_limit"):
         values.update(DRVH=channel.upper_ctrl_limit, DRVL=channel.lower_ctrl_limit)
         values.update(HOPR=channel.upper_disp_limit, LOPR=channel.lower_disp_limit)
+    for attr, limit_field, severity_field, severity in _ALARM_LIMITS:
+        # caproto has no "no limit": 0 is none, as the templates leave them unset.
+        limit = getattr(channel, attr, 0) or 0
+        if limit:
+            values.update({limit_field: limit, severity_field: severity})
     if channel.data_type == ChannelType.ENUM:
         # caproto links most of these to enum_strings, but not mbbo's ZRST.
         names = ("ZNAM", "ONAM") if "ZNAM" in fields else _STATE_STRING_FIELDS

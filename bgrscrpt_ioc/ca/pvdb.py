@@ -5,7 +5,7 @@ from __future__ import annotations
 from caproto import ChannelData
 
 from .channels import quiet_rejected_puts
-from .ioc_pvs import IocPVs
+from .ioc_pvs import LOOP_LAG_HIGH, LOOP_LAG_HIHI, IocPVs
 from .slot_pvs import SlotController, SlotPVs, SlotView
 from .watch_pvs import WatchPVSet, WatchView, build_watch_pvs
 
@@ -17,17 +17,20 @@ def build_pvdb(
     prefix: str,
     slots: list[tuple[str, SlotController, SlotView]],
     watches: WatchPVSet | None = None,
+    *,
+    lag_limits: tuple[float, float] = (LOOP_LAG_HIGH, LOOP_LAG_HIHI),
 ) -> tuple[dict[str, ChannelData], IocPVs, dict[str, SlotPVs]]:
     """Create the PV groups for ``start_server``.
 
     ``slots`` holds (slot name such as "BGRSCRPT_01", controller, initial view);
     ``watches`` the alarm-recovery groups (``watch_pvs.build_watch_pvs``; the IOC
-    always passes them, its IOC-wide DRYRUN and NAMES served even with no watch).
+    always passes them, its IOC-wide DRYRUN and NAMES served even with no watch);
+    ``lag_limits`` LOOP_LAG's HIGH and HIHI (ms).
     Returns the merged pvdb, the IOC-wide group and the slot groups by slot
     name. Also keeps caproto's log of a refused put to one line.
     """
     quiet_rejected_puts()
-    ioc = IocPVs(f"{prefix}{IOC_GROUP}:")
+    ioc = IocPVs(f"{prefix}{IOC_GROUP}:", lag_high=lag_limits[0], lag_hihi=lag_limits[1])
     groups = {
         name: SlotPVs(f"{prefix}{name}:", controller, view) for name, controller, view in slots
     }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn, Protocol
 
 from caproto import AlarmSeverity, SkipWrite, SubscriptionType
-from caproto.server import PVGroup, pvproperty
+from caproto.server import pvproperty
 
 from ..core.slot import AUTORESTART_LABELS, SlotState
 from . import properties as props
@@ -26,6 +26,7 @@ from .channels import (
     preset_alarm,
     preset_value,
 )
+from .epics_reads import BasePVGroup
 
 NO_YES = ("No", "Yes")
 STATUS_LABELS = tuple(state.name for state in SlotState)
@@ -90,7 +91,7 @@ def char_waveform_text(text: str, limit: int, *, keep_end: bool = False) -> str:
     return raw.decode("latin-1")
 
 
-class SlotPVs(PVGroup):
+class SlotPVs(BasePVGroup):
     """PVs of one slot: commands and settings in, the slot's state out."""
 
     start = props.switch("START", "Start the script")

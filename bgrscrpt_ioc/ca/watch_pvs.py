@@ -11,11 +11,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 from caproto import AlarmSeverity, ChannelType, SkipWrite, SubscriptionType
-from caproto.server import PVGroup, pvproperty
+from caproto.server import pvproperty
 
 from ..core.watch import ALARM_LABELS, NAMES_LIMIT, WatchState
 from . import properties as props
 from .channels import describe_record, preset_alarm, preset_value
+from .epics_reads import BasePVGroup
 from .properties import OFF_ON
 from .slot_pvs import char_waveform_text
 
@@ -65,7 +66,7 @@ class DryRunController(Protocol):
     def set_dry_run(self, dry_run: bool) -> None: ...
 
 
-class WatchPVs(PVGroup):
+class WatchPVs(BasePVGroup):
     """PVs of one watch. Each PV has its own alarm_group (caproto shares one otherwise)."""
 
     state = props.state("STATE", STATE_LABELS, "State of the watch")
@@ -165,7 +166,7 @@ def names_text(names: list[str] | tuple[str, ...]) -> str:
     return text
 
 
-class WatchIocPVs(PVGroup):
+class WatchIocPVs(BasePVGroup):
     """The IOC-wide watch PVs: DRYRUN, and NAMES (which watches this IOC has).
 
     Served whether or not the settings hold a ``[[watch]]``, so a client can

@@ -144,6 +144,8 @@ class Slot:
 
     def stop(self, now: float) -> list[Action]:
         """STOP: stop the group; no automatic restart until the next START."""
+        if self._spawn_pending():
+            return self._stop_before_spawn(then="")
         if self.state in (SlotState.STARTING, SlotState.RUNNING):
             return self._begin_stop(now, Cause.STOP, then="", why="stopping")
         if self.state is SlotState.STOPPING:
@@ -159,6 +161,8 @@ class Slot:
 
     def restart(self, now: float) -> list[Action]:
         """RESTART: stop if running, then start."""
+        if self._spawn_pending():
+            return self._stop_before_spawn(then="start")
         if self.state in (SlotState.STARTING, SlotState.RUNNING):
             return self._begin_stop(now, Cause.STOP, then="start", why="restarting")
         return self.start(now)  # not running: RESTART is START
@@ -176,11 +180,16 @@ class Slot:
     # ---- reports from the process adapter ----------------------------------
 
     def spawned(self, pid: int, now: float) -> list[Action]:
+        """The Spawn asked for has started ``pid``. In STOPPING (a STOP or RESTART came
+        while the spawn was under way) the new run is stopped at once."""
         self.pid = pid
         self.run_started = now
         self.last_beat = now
         self.registered = False
         self.status_text = ""
+        if self.state is SlotState.STOPPING:
+            self._kill_at = now + self.policy.stop_timeout
+            return [Kill(signal.SIGTERM)]
         self.message = f"started, pid {pid}"
         return []
 
@@ -188,13 +197,24 @@ class Slot:
         """The script could not be started (missing, unreadable, syntax error, OSError).
 
         Nothing ran, so nothing is recorded and no restart is attempted: a script
-        that cannot start now will not start in a second either.
+        that cannot start now will not start in a second either. In STOPPING (a
+        STOP or RESTART came while the spawn was under way; ``reason`` may be ""
+        when the runner gave the spawn up for that) the slot is STOPPED, or
+        starts again for a RESTART.
         """
         self.pid = 0
         self.run_started = None
         if self._starts:
             self._starts.pop()  # the start never happened
         self.start_count -= 1
+        if self.state is SlotState.STOPPING:
+            then, self._then = self._then, ""
+            if then == "start":
+                self._starts.clear()
+                return self._spawn(now, manual=True)
+            self.state = SlotState.STOPPED
+            self.message = "stopped before it started" + (f": {reason}" if reason else "")
+            return []
         # An operator's START changes nothing; an automatic restart has nowhere to go.
         self.state = self._before_spawn if self._before_spawn is not None else SlotState.FATAL
         self.message = reason if self._before_spawn is not None else f"FATAL: {reason}"
@@ -335,6 +355,20 @@ class Slot:
         self._starts.append(now)
         self.start_count += 1
         return [Spawn()]
+
+    def _spawn_pending(self) -> bool:
+        """A Spawn was asked for and not yet answered (the runner may be checking the script)."""
+        return self.state is SlotState.STARTING and self.run_started is None
+
+    def _stop_before_spawn(self, then: str) -> list[Action]:
+        """STOP/RESTART while a spawn is under way: nothing to signal yet. The answer
+        (``spawned``: stop the new run at once; ``spawn_failed``: nothing ran) finishes it."""
+        self.state = SlotState.STOPPING
+        self._stop_cause = Cause.STOP
+        self._then = then
+        self._kill_at = None
+        self.message = "restarting" if then else "stopping"
+        return []
 
     def _begin_stop(self, now: float, cause: str, then: str, why: str) -> list[Action]:
         self.state = SlotState.STOPPING

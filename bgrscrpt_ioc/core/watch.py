@@ -52,6 +52,9 @@ SEVERITY_NAMES: tuple[str, ...] = ("MINOR", "MAJOR", "INVALID")
 NAMES_LIMIT = 8192
 """Characters of ``$(P)BGRSCRPT:WATCH:NAMES``: every watch name, separated by single spaces."""
 
+LOCKOUT_WAY_OUT = "; put ENABLE 1 to clear"
+"""Ends every LOCKOUT MSG: how to leave it."""
+
 CONNECT_GRACE = 5.0
 """A PV never connected since the watch began counts as disconnected only after this."""
 
@@ -117,9 +120,11 @@ class WatchCore:
         history: Iterable[float] = (),
         failures: int = 0,
         restart_count: int = 0,
+        lockout: str = "",
     ) -> None:
         """``history``: times of earlier restarts (on this clock) that count for ``window``;
-        ``failures``: failed recoveries in a row so far (sets the back-off)."""
+        ``failures``: failed recoveries in a row so far (sets the back-off); ``lockout``:
+        while ``locked_out``, the LOCKOUT's own words as recorded (why it locked out)."""
         if not pvs:
             raise ValueError("a watch needs at least one PV")
         self.policy = policy
@@ -133,13 +138,15 @@ class WatchCore:
             self.state = WatchState.LOCKOUT
         self.msg = "watching" if enabled else "disabled"
         if self.state is WatchState.LOCKOUT:
-            self.msg = f"LOCKOUT: {len(self.history)} restarts in {policy.window:g} s"
+            text = lockout or f"LOCKOUT: {len(self.history)} restarts in {policy.window:g} s"
+            self.msg = f"{text}{LOCKOUT_WAY_OUT}"
         self._since = now  # when the current state began
         self._retry_at = -math.inf  # FAILED: no automatic restart before this
         self._verify_until = math.inf
         self._restart_began = now
         self._need_any = False
         self._restart_what = "restart"
+        self._last_failure = ""  # why the last restart failed, while failures > 0
         # The connect grace is a deadline like the others: once a tick has run at or
         # after it, it is spent and next_deadline() no longer offers it.
         self._grace_spent = False
@@ -346,8 +353,13 @@ class WatchCore:
     def _restart_or_lockout(self, now: float, reason: str) -> list[Action]:
         count = self._in_window(now)
         if count >= self.policy.max_restarts:
-            text = f"LOCKOUT: {count} restarts in {self.policy.window:g} s"
-            self._enter(WatchState.LOCKOUT, now, f"{text}; put ENABLE 1 to clear")
+            # The way in and what went wrong last: the MSG a person reads to fix it.
+            if self.failures and self._last_failure:
+                last = f"last failure: {self._last_failure}"
+            else:
+                last = f"each recovery was followed by a new fault ({reason})"
+            text = f"LOCKOUT: {count} restarts in {self.policy.window:g} s; {last}"
+            self._enter(WatchState.LOCKOUT, now, f"{text}{LOCKOUT_WAY_OUT}")
             return [Outcome("lockout", text)]
         return self._begin_restart(now, reason, manual=False)
 
@@ -369,6 +381,7 @@ class WatchCore:
     def _fail(self, now: float, why: str) -> list[Action]:
         wait = min(self.policy.backoff * 2.0**self.failures, self.policy.backoff_max)
         self.failures += 1
+        self._last_failure = why
         self._retry_at = now + wait
         self._enter(WatchState.FAILED, now, f"{why}; next attempt in {wait:g} s")
         return [Outcome("failed", why)]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..core.endpoint import parse_endpoint
 from .procserv_protocol import (
     KILL,
     MODES,
@@ -27,6 +28,7 @@ from .procserv_protocol import (
     Greeting,
     GreetingDone,
     LineReader,
+    LineTooLong,
     Mode,
     NewChild,
     ShuttingDown,
@@ -118,7 +120,13 @@ class _Session:
                 raise ProcServError(
                     f"procServ at {self.endpoint} closed the connection before it would {what}"
                 )
-            for line in self.lines.feed(data):
+            try:
+                lines = self.lines.feed(data)
+            except LineTooLong as exc:
+                raise ProcServError(
+                    f"{self.endpoint} does not talk like procServ ({exc}, no newline)"
+                ) from None
+            for line in lines:
                 if len(self.seen) < 20:
                     self.seen.append(line)
                 enabled = kill_enabled(line)
@@ -131,11 +139,14 @@ class _Session:
 
 async def _connect(endpoint: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        if endpoint.startswith("unix:"):
-            coro = asyncio.open_unix_connection(endpoint[len("unix:") :])
+        where = parse_endpoint(endpoint)
+    except ValueError as exc:  # the settings check this; a journal entry might not
+        raise ProcServError(f"procServ at {endpoint}: not an endpoint: {exc}") from None
+    try:
+        if where.is_unix:
+            coro = asyncio.open_unix_connection(where.path)
         else:
-            host, port = endpoint.rsplit(":", 1)
-            coro = asyncio.open_connection(host, int(port))
+            coro = asyncio.open_connection(where.host, where.port)
         async with asyncio.timeout(CONNECT_TIMEOUT):
             return await coro
     except ConnectionRefusedError:

@@ -127,16 +127,26 @@ def kill_enabled(line: str) -> bool | None:
     return None
 
 
+MAX_LINE = 64 * 1024
+"""Bytes of one line at most: procServ's lines are short; a peer that sends more is no procServ."""
+
+
+class LineTooLong(ValueError):
+    """A line longer than MAX_LINE: whatever sends it does not talk like procServ."""
+
+
 class LineReader:
     """Turns the control port's bytes into text lines.
 
     Telnet commands (IAC …) are dropped; lines end at LF, CR is dropped. A
-    partial line is kept until its end arrives.
+    partial line is kept until its end arrives, up to ``max_line`` bytes: one
+    longer raises :class:`LineTooLong` (memory stays bounded whatever the peer sends).
     """
 
     IAC = 0xFF
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
         self._buf = bytearray()
         self._skip = 0  # bytes of a telnet command still to drop
         self._iac = False  # the last byte was IAC
@@ -145,6 +155,9 @@ class LineReader:
         self._last_iac = False  # inside a subnegotiation, the last byte was IAC
 
     def feed(self, data: bytes) -> list[str]:
+        """The lines ``data`` completes. Raises LineTooLong past ``max_line`` bytes in one line."""
+        if not self._skip and not self._in_subneg and not self._iac and self.IAC not in data:
+            return self._feed_plain(data)  # the usual case, without a Python loop per byte
         lines: list[str] = []
         for byte in data:
             if self._skip:
@@ -176,6 +189,22 @@ class LineReader:
                 self._buf.clear()
             elif byte != 0x0D:
                 self._buf.append(byte)
+                if len(self._buf) > self.max_line:
+                    raise LineTooLong(f"a line of more than {self.max_line} bytes")
+        return lines
+
+    def _feed_plain(self, data: bytes) -> list[str]:
+        """``feed`` for data with no telnet command in it (and none under way)."""
+        lines: list[str] = []
+        pieces = data.split(b"\n")
+        for index, piece in enumerate(pieces):
+            piece = piece.replace(b"\r", b"")
+            if len(self._buf) + len(piece) > self.max_line:
+                raise LineTooLong(f"a line of more than {self.max_line} bytes")
+            self._buf += piece
+            if index < len(pieces) - 1:  # a newline followed this piece
+                lines.append(self._buf.decode("utf-8", "replace"))
+                self._buf.clear()
         return lines
 
     @property

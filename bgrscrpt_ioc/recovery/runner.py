@@ -66,6 +66,7 @@ class WatchRunner:
             history=[now - (wall - t) for t in history.recent],
             failures=history.failures,
             restart_count=history.restart_count,
+            lockout=history.lockout,
         )
         self.last_restart = history.last_restart
         if history.restart_count and self.core.state is WatchState.OK:

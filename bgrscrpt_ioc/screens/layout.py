@@ -140,6 +140,8 @@ def build_screen(
         b.add("text", x + 90, y + 3, 70 if name != "VERSION" else 60, pv=f"{ioc}{name}", units=True)
         x += 170
     y = 52
+    _ioc_health(b, ioc, y)
+    y += ROW + 4
     for slot in slots:
         _slot_section(b, prefix, slot, y, plot_url_macro)
         y += SLOT_HEIGHT
@@ -154,6 +156,13 @@ def build_screen(
     for slot in slots:
         macros[f"{plot_url_macro}_{slot[-2:]}"] = "http://localhost:8989/"
     return Screen(title, WIDTH, y + 8, b.widgets, macros)
+
+
+def _ioc_health(b: _Builder, ioc: str, y: int) -> None:
+    """The IOC's own trouble (MSG: the state database) and its event loop's lag."""
+    b.add("label", 12, y, 90, text="IOC message")
+    b.add("text", 102, y, WIDTH - 330, pv=f"{ioc}MSG")
+    b.field("Loop lag", WIDTH - 220, y, f"{ioc}LOOP_LAG", w=120, label_w=80)
 
 
 def _slot_section(b: _Builder, prefix: str, slot: str, y: int, plot_macro: str) -> None:

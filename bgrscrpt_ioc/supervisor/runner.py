@@ -12,7 +12,6 @@ import asyncio
 import logging
 import math
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -20,54 +19,19 @@ from pathlib import Path
 
 from bgrscrpt_ioc.ca.slot_pvs import SlotView
 from bgrscrpt_ioc.core.slot import AutoRestart, Kill, RunEnded, Slot, SlotState, Spawn
-from bgrscrpt_ioc.settings import SlotSettings
+from bgrscrpt_ioc.settings import WATCHDOG_MAX, WATCHDOG_MIN, SlotSettings
 from bgrscrpt_ioc.state_db import StateDB, wall_now
 from bgrscrpt_ioc.supervisor.env import kit_root, script_environment
 from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.notify import NotifyListener
 from bgrscrpt_ioc.supervisor.output import OutputCapture
 from bgrscrpt_ioc.supervisor.process import ScriptProcess
+from bgrscrpt_ioc.supervisor.script_check import check_script, look
 
 log = logging.getLogger(__name__)
 
-SETTINGS_SAVE_DELAY = 0.2
-"""Seconds within which a setting put over CA reaches the state database."""
-
 STALE_DEADLINE_RETRY = 0.5
 """A deadline a tick has already passed is a core bug: look again this much later, not at once."""
-
-
-# path -> the (inode, size, mtime, ctime) of the version that last compiled cleanly.
-_compiled: dict[Path, tuple[int, int, int, int]] = {}
-
-
-def check_script(path: Path) -> str:
-    """Why ``path`` cannot be run, or "" when it can. Cheap enough for every start:
-    a file unchanged since it last compiled cleanly is not compiled again."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return f"no script at {path}"
-    except OSError as exc:
-        return f"cannot read script {path}: {exc.strerror or exc}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"not a file: {path}"
-    signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if _compiled.get(path) == signature:  # ctime: a chmod counts as a change
-        return ""
-    try:
-        source = path.read_bytes()
-    except OSError as exc:
-        return f"cannot read script {path}: {exc.strerror or exc}"
-    try:
-        # Catches the broken script before a process is spent on it.
-        compile(source, str(path), "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        return f"syntax error in {path} line {exc.lineno}: {exc.msg}"
-    except ValueError as exc:  # e.g. NUL bytes
-        return f"cannot compile {path}: {exc}"
-    _compiled[path] = signature
-    return ""
 
 
 class SlotRunner:
@@ -113,8 +77,7 @@ class SlotRunner:
         self._stale_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Event | None = None
-        self._unsaved: dict[str, str] = {}
-        self._save_timer: asyncio.TimerHandle | None = None
+        self._checking: asyncio.Task[None] | None = None  # a Spawn under way: the script check
 
     # ---- persisted settings ------------------------------------------------
 
@@ -126,9 +89,12 @@ class SlotRunner:
 
     def _saved_watchdog(self) -> float:
         saved = self.db.setting(self.name, "WATCHDOG")
+        if saved is None:
+            return self.settings.watchdog
         try:
-            return float(saved) if saved is not None else self.settings.watchdog
-        except ValueError:
+            return watchdog_seconds(float(saved))
+        except ValueError as exc:  # saved by an older version, or edited by hand
+            log.warning("%s: ignoring the saved WATCHDOG %r: %s", self.name, saved, exc)
             return self.settings.watchdog
 
     # ---- life ----------------------------------------------------------------
@@ -141,7 +107,7 @@ class SlotRunner:
 
     def start_if_present(self) -> None:
         """At IOC start-up: start when the script exists, else say where it was looked for."""
-        problem = check_script(self.settings.script)
+        problem, _ = look(self.settings.script)
         if problem.startswith("no script at"):
             self.core.message = problem
             self.on_change()
@@ -157,13 +123,14 @@ class SlotRunner:
             assert self._exited is not None
             await self._exited.wait()
         finally:
-            self.close()  # saves pending settings even if stopping failed
+            self.close()
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.save_settings()
+        if self._checking is not None:
+            self._give_up_check("the IOC is stopping")
         self.notify.close()
         self.output.close()
 
@@ -174,6 +141,8 @@ class SlotRunner:
 
     def stop(self) -> None:
         self._apply(self.core.stop(time.monotonic()))
+        if self._checking is not None and self.core.state is SlotState.STOPPING:
+            self._give_up_check("")  # nothing to wait for: it has not started
 
     def restart(self) -> None:
         self._apply(self.core.restart(time.monotonic()))
@@ -188,32 +157,19 @@ class SlotRunner:
         self._changed()
 
     def set_watchdog(self, seconds: float) -> None:
+        """WATCHDOG put: 0 (off) or WATCHDOG_MIN..WATCHDOG_MAX s; a ValueError rejects it."""
+        seconds = watchdog_seconds(seconds)
         self.core.set_watchdog(seconds, time.monotonic())
         self._persist("WATCHDOG", repr(float(seconds)))
         self._changed()
 
     def _persist(self, key: str, value: str) -> None:
-        """Save a setting within SETTINGS_SAVE_DELAY, the last value of a burst once.
-
-        An SQLite write costs 40-60 µs of the IOC's thread; a client putting a
-        setting back to back would pay it on every put. A clean shutdown saves
-        what is pending (``save_settings``); only a SIGKILL within the delay
-        loses a put.
-        """
-        self._unsaved[key] = value
-        if self._loop is None:
-            self.save_settings()
-        elif self._save_timer is None:
-            self._save_timer = self._loop.call_later(SETTINGS_SAVE_DELAY, self.save_settings)
-
-    def save_settings(self) -> None:
-        """Write the settings put since the last save (idempotent)."""
-        if self._save_timer is not None:
-            self._save_timer.cancel()
-            self._save_timer = None
-        unsaved, self._unsaved = self._unsaved, {}
-        for key, value in unsaved.items():
+        """Keep a setting put over CA: in memory at once, in the file as soon as it can be
+        written (the state database retries, and says so on BGRSCRPT:MSG, until it is)."""
+        try:
             self.db.set_setting(self.name, key, value)
+        except Exception:  # a bug: the put has taken effect; say loudly it is not kept
+            log.exception("%s: %s = %s cannot be kept in the state database", self.name, key, value)
 
     # ---- what the PVs show ---------------------------------------------------
 
@@ -243,15 +199,19 @@ class SlotRunner:
     # ---- carrying out the core's decisions -----------------------------------
 
     def _apply(self, actions: list) -> None:
+        """Carry out every action, in order: one that fails never skips the next."""
         for action in actions:
-            if isinstance(action, Spawn):
-                self._spawn()
-            elif isinstance(action, Kill):
-                if self.process is not None:
-                    self.process.kill_group(action.signum)
-            elif isinstance(action, RunEnded) and self._run_id:
-                self.db.run_ended(self._run_id, action.exit_code, action.cause)
-                self._run_id = 0
+            try:
+                if isinstance(action, Spawn):
+                    self._spawn()
+                elif isinstance(action, Kill):
+                    if self.process is not None:
+                        self.process.kill_group(action.signum)
+                elif isinstance(action, RunEnded) and self._run_id:
+                    run_id, self._run_id = self._run_id, 0
+                    self.db.run_ended(run_id, action.exit_code, action.cause)
+            except Exception:  # a bug: log it, and go on with the core's other decisions
+                log.exception("%s: carrying out %s failed", self.name, action)
         self._changed()
 
     def _changed(self) -> None:
@@ -291,13 +251,51 @@ class SlotRunner:
         self._apply(self.core.tick(self._last_tick))
 
     def _spawn(self) -> None:
+        """The core asked for a run: check the script off the loop, then start it.
+
+        The slot shows STARTING at once; a script that cannot run lands as a spawn
+        failure, as before. A STOP or RESTART meanwhile is the core's to settle.
+        """
+        assert self._loop is not None and self._exited is not None
+        self._exited.clear()  # a shutdown waits for the check's outcome too
+        self._checking = self._loop.create_task(self._check_then_spawn())
+
+    def _give_up_check(self, why: str) -> None:
+        """Cancel the check under way and settle the spawn here: a task cancelled before it
+        ever ran would not get the chance (its body never starts)."""
+        task, self._checking = self._checking, None
+        if task is not None:
+            task.cancel()
+            self._spawn_failed(why)
+
+    async def _check_then_spawn(self) -> None:
+        script = self.settings.script
+        try:
+            problem = await check_script(script)
+        except asyncio.CancelledError:  # given up (_give_up_check), which settled the spawn
+            raise
+        except Exception as exc:  # a bug in the check must not leave the slot STARTING
+            log.exception("%s: checking %s failed", self.name, script)
+            problem = f"cannot check {script}: {type(exc).__name__}: {exc}"
+        self._checking = None
+        if problem:
+            self._spawn_failed(problem)
+        elif self.core.state is SlotState.STOPPING:
+            self._spawn_failed("")  # restarted while it was being checked: check again
+        else:
+            self._spawn_now()
+
+    def _spawn_failed(self, problem: str) -> None:
+        try:
+            self._apply(self.core.spawn_failed(problem, time.monotonic()))
+        finally:
+            if self.process is None and self._checking is None and self._exited is not None:
+                self._exited.set()
+
+    def _spawn_now(self) -> None:
         assert self._loop is not None
         now = time.monotonic()
         script = self.settings.script
-        problem = check_script(script)
-        if problem:
-            self._apply(self.core.spawn_failed(problem, now))
-            return
         env = script_environment(
             os.environ,
             slot=self.name,
@@ -320,13 +318,14 @@ class SlotRunner:
                 loop=self._loop,
             )
         except OSError as exc:
-            self._apply(self.core.spawn_failed(f"cannot start {script}: {exc}", now))
+            self._spawn_failed(f"cannot start {script}: {exc.strerror or exc}")
             return
         self.process = process
-        assert self._exited is not None
-        self._exited.clear()
         self.guardian.add(process.pid)
-        self._run_id = self.db.run_started(self.name, process.pid)
+        try:
+            self._run_id = self.db.run_started(self.name, process.pid)
+        except Exception:  # a bug: the run goes on unrecorded rather than unsupervised
+            log.exception("%s: cannot record the run of pid %d", self.name, process.pid)
         self.output.mark(f"--- {wall_now()} {self.name}: started {script} pid {process.pid} ---")
         self._apply(self.core.spawned(process.pid, now))
 
@@ -340,17 +339,33 @@ class SlotRunner:
         if process is not None:
             self.guardian.remove(process.pid)
             process.close()
-        summary = self.output.exception_summary
-        actions = self.core.exited(returncode, time.monotonic(), summary)
-        # The exit line before the actions: they may spawn the next run (RESTART, or a
-        # START queued during STOPPING), whose own start line must come after it.
-        self.output.mark(f"--- {wall_now()} {self.name}: {self.core.message} ---")
-        log.info("%s: %s", self.name, self.core.message)
-        self._apply(actions)
-        if self.process is None and self._exited is not None:
-            self._exited.set()
+        try:
+            summary = self.output.exception_summary
+            actions = self.core.exited(returncode, time.monotonic(), summary)
+            # The exit line before the actions: they may spawn the next run (RESTART, or a
+            # START queued during STOPPING), whose own start line must come after it.
+            self.output.mark(f"--- {wall_now()} {self.name}: {self.core.message} ---")
+            log.info("%s: %s", self.name, self.core.message)
+            self._apply(actions)
+        finally:
+            # Whatever failed above, a shutdown waiting for this exit must hear of it.
+            if self.process is None and self._checking is None and self._exited is not None:
+                self._exited.set()
 
     def _on_notify(self, fields: dict[str, str]) -> None:
         if "PLOT_URL" in fields and self.process is not None:
             self.plot_url = fields["PLOT_URL"]
         self._apply(self.core.notified(fields, time.monotonic()))
+
+
+def watchdog_seconds(seconds: float) -> float:
+    """A watchdog period as the IOC takes it: 0 (off) or WATCHDOG_MIN..WATCHDOG_MAX seconds.
+
+    A shorter period would kill every run before it could beat once."""
+    if seconds == 0:
+        return 0.0
+    if not (math.isfinite(seconds) and WATCHDOG_MIN <= seconds <= WATCHDOG_MAX):
+        raise ValueError(
+            f"watchdog must be 0 (off) or {WATCHDOG_MIN:g} to {WATCHDOG_MAX:g} s, not {seconds!r}"
+        )
+    return float(seconds)

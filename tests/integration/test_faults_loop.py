@@ -7,7 +7,10 @@ Access, SIGTERM ignored) from the end of the connect grace (5 s) on; with
 
 from __future__ import annotations
 
+import signal
 import time
+
+import epics
 
 from tests.integration.beat import Heartbeat
 from tests.integration.harness import wait_for
@@ -50,3 +53,57 @@ def test_watches_on_pvs_that_never_connect_leave_the_loop_free(make_ioc, prefix)
         beat.check()
     assert ioc.get("BGRSCRPT:WATCH:NEVER:STATE", as_string=True) == "OK"
     assert ioc.stop(timeout=10.0) == 0  # SIGTERM is heard at once
+
+
+def lag(ioc) -> tuple[float, str]:
+    return ioc.get("BGRSCRPT:LOOP_LAG"), ioc.get("BGRSCRPT:LOOP_LAG.SEVR", as_string=True)
+
+
+def test_loop_lag_shows_a_stall_with_its_alarm_then_clears(make_ioc, prefix):
+    """A stall (the IOC stopped for 1.5 s) shows on LOOP_LAG as MAJOR, then clears."""
+    ioc = make_ioc("[ioc]\nloop_lag_high = 300\nloop_lag_hihi = 1000\n", slots=1).start()
+    assert ioc.get("BGRSCRPT:LOOP_LAG.EGU", as_string=True) == "ms"
+    assert (ioc.get("BGRSCRPT:LOOP_LAG.HIGH"), ioc.get("BGRSCRPT:LOOP_LAG.HIHI")) == (300, 1000)
+    wait_for(lambda: lag(ioc)[1] == "NO_ALARM" and 0 <= lag(ioc)[0] < 300, 10, "a calm loop")
+    seen: list[tuple[float, str]] = []
+    pv = epics.PV(
+        ioc.pv("BGRSCRPT:LOOP_LAG"),
+        form="time",
+        callback=lambda value, severity, **_: seen.append((value, severity)),
+    )
+    try:
+        assert pv.wait_for_connection(5)
+        ioc.signal(signal.SIGSTOP)
+        time.sleep(1.5)  # the stall itself: nothing to poll for while the IOC is stopped
+        ioc.signal(signal.SIGCONT)
+        wait_for(lambda: any(v >= 1000 and s == 2 for v, s in seen), 10, f"MAJOR lag ({seen})")
+        wait_for(lambda: seen and seen[-1][1] == 0 and seen[-1][0] < 300, 10, "the lag to clear")
+    finally:
+        pv.disconnect()
+    assert ioc.stop() == 0
+
+
+HUGE_LINES = 300_000
+
+
+def test_checking_a_huge_script_leaves_the_loop_free(make_ioc, config_dir, prefix):
+    """START of a 300,000-line script with a syntax error at its end: the check (a compile)
+    once held the loop for seconds. Now the heartbeat keeps its beat, and the error still
+    lands as a spawn failure: MSG says where, nothing was started."""
+    ioc = make_ioc("[supervisor]\nstartsecs = 0.5\n", slots=1).start()
+    script = config_dir / "background_script.py"
+    assert ioc.get("BGRSCRPT_01:MSG", as_string=True) == f"no script at {script}"
+    script.write_text("".join(f"x{i} = {i}\n" for i in range(HUGE_LINES)) + "def broken(:\n")
+    with Heartbeat(prefix) as beat:
+        ioc.put("BGRSCRPT_01:START", 1)
+        wait_for(
+            lambda: f"line {HUGE_LINES + 1}" in (ioc.get("BGRSCRPT_01:MSG", as_string=True) or ""),
+            30,
+            "the syntax error",
+        )
+        beat.check()
+    assert ioc.status() == "STOPPED"
+    assert ioc.get("BGRSCRPT_01:START_CNT") == 0, "the broken script was started"
+    msg = ioc.get("BGRSCRPT_01:MSG", as_string=True)
+    assert msg.startswith(f"syntax error in {script} line {HUGE_LINES + 1}"), msg
+    assert ioc.stop() == 0

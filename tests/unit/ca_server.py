@@ -14,12 +14,15 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from caproto.asyncio.server import start_server
 
 from bgrscrpt_ioc.epics_base import free_ca_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _wait_listening(port: int, server: asyncio.Task, timeout: float = 10.0) -> None:
@@ -40,9 +43,13 @@ async def _wait_listening(port: int, server: asyncio.Task, timeout: float = 10.0
 
 @contextlib.asynccontextmanager
 async def serving(
-    pvdb: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    pvdb: dict[str, Any], monkeypatch: pytest.MonkeyPatch, context: Any = None
 ) -> AsyncIterator[tuple[dict[str, str], asyncio.Task]]:
-    """Serve ``pvdb`` on a loopback port of its own; yields (CA environment, server task)."""
+    """Serve ``pvdb`` on a loopback port of its own; yields (CA environment, server task).
+
+    ``context``: the server's ``Context`` class (default: caproto's own, through
+    ``start_server``), e.g. the IOC's ``bgrscrpt_ioc.app.IocContext``.
+    """
     port = free_ca_port()
     # Beacons go to a socket of ours: to the CA repeater port, with no repeater
     # running, each one is refused and logged with a traceback.
@@ -60,7 +67,10 @@ async def serving(
     }
     for key, value in ca_env.items():
         monkeypatch.setenv(key, value)
-    server = asyncio.create_task(start_server(pvdb, interfaces=["127.0.0.1"]))
+    if context is None:
+        server = asyncio.create_task(start_server(pvdb, interfaces=["127.0.0.1"]))
+    else:
+        server = asyncio.create_task(context(pvdb, ["127.0.0.1"]).run())
     try:
         await _wait_listening(port, server)
         yield ca_env, server
@@ -71,19 +81,25 @@ async def serving(
         beacon_sink.close()
 
 
-async def run_client(code: str, *args: str, env: dict[str, str], timeout: float = 60) -> Any:
-    """Run ``code`` in a Python process of its own; the JSON of its last output line."""
+async def run_client(
+    code: str, *args: str, env: dict[str, str], timeout: float = 60, stdin: str | None = None
+) -> Any:
+    """Run ``code`` in a Python process of its own, in the repository (it may import
+    ``tests.*``), with ``stdin``; the JSON of its last output line."""
     client = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         code,
         *args,
         env={**os.environ, **env},
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else None,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(client.communicate(), timeout=timeout)
+        data = stdin.encode() if stdin is not None else None
+        out, err = await asyncio.wait_for(client.communicate(data), timeout=timeout)
     finally:
         if client.returncode is None:
             client.kill()

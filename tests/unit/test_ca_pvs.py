@@ -422,7 +422,7 @@ def test_build_pvdb_and_pv_names():
     pvdb, ioc, groups = build_pvdb(P, slots)
     assert set(groups) == {"BGRSCRPT_01", "BGRSCRPT_02"}
     assert f"{P}BGRSCRPT:HEARTBEAT" in pvdb and f"{P}BGRSCRPT_02:LOG" in pvdb
-    assert len(pvdb) == 3 + 2 * 16
+    assert len(pvdb) == 5 + 2 * 16
     # The IOC always adds the IOC-wide watch PVs, with or without a [[watch]].
     watch_pvs = [f"{P}BGRSCRPT:WATCH:DRYRUN", f"{P}BGRSCRPT:WATCH:NAMES"]
     assert pv_names(P, ["BGRSCRPT_01", "BGRSCRPT_02"]) == list(pvdb) + watch_pvs

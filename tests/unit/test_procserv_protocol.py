@@ -9,12 +9,14 @@ from __future__ import annotations
 import pytest
 
 from bgrscrpt_ioc.recovery.procserv_protocol import (
+    MAX_LINE,
     ChildExited,
     ChildRunning,
     ChildShutDown,
     Greeting,
     GreetingDone,
     LineReader,
+    LineTooLong,
     Mode,
     NewChild,
     ShuttingDown,
@@ -165,3 +167,34 @@ def test_line_reader_drops_telnet_commands_and_keeps_partial_lines():
     assert reader.partial == "d\ufffd"
     # a subnegotiation, IAC SB ... IAC SE, is dropped whole
     assert reader.feed(b"\xff\xfa\x18\x01xterm\xff\xf0e\n") == ["d\ufffde"]
+
+
+def test_line_reader_bounds_a_line_without_a_newline():
+    reader = LineReader(max_line=1000)
+    assert reader.feed(b"x" * 1000) == []
+    with pytest.raises(LineTooLong, match="more than 1000 bytes"):
+        reader.feed(b"x")
+    # through the telnet path too (an IAC in the data)
+    reader = LineReader(max_line=1000)
+    with pytest.raises(LineTooLong):
+        reader.feed(b"\xff\xfb\x01" + b"y" * 1001)
+    # long lines that do end are fine, however many
+    reader = LineReader(max_line=1000)
+    assert reader.feed((b"z" * 999 + b"\r\n") * 50) == ["z" * 999] * 50
+    assert LineReader().max_line == MAX_LINE == 64 * 1024
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_line_reader_fast_path_reads_as_the_byte_by_byte_one(seed):
+    """Chunks without IAC take the fast path; the lines are the same as one byte at a time."""
+    import random
+
+    rng = random.Random(seed)
+    alphabet = [b"a", b"\r", b"\n", b"\xc3\xa9", b"@@@ x", b"\xff\xfb\x01", b"\xff\xff", b" "]
+    data = b"".join(rng.choice(alphabet) for _ in range(400))
+    whole, chunked = LineReader(), LineReader()
+    one_by_one = [line for i in range(len(data)) for line in whole.feed(data[i : i + 1])]
+    cuts = sorted(rng.sample(range(1, len(data)), 20))
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    assert [line for piece in pieces for line in chunked.feed(piece)] == one_by_one
+    assert chunked.partial == whole.partial

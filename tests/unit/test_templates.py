@@ -42,6 +42,7 @@ CA_TYPE = {
     "longin": ChannelType.LONG,
     "ao": ChannelType.DOUBLE,
     "stringin": ChannelType.STRING,
+    "ai": ChannelType.DOUBLE,
 }
 WAVEFORM_CA_TYPE = {"CHAR": ChannelType.CHAR}
 STATE_FIELDS = (
