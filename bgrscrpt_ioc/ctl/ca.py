@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from caproto import AccessRights, AlarmSeverity, CaprotoError, ChannelType
-from caproto.threading.client import PV, Context
+
+from ..ca.threading_client import PV, Context
 
 SEVERITY_NAMES = {
     int(AlarmSeverity.NO_ALARM): "NO_ALARM",

@@ -8,6 +8,7 @@ on its own (BACKOFF, EXITED, FATAL) or a watch FAILED or in LOCKOUT.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tomllib
@@ -195,16 +196,14 @@ def _log(client: Client, args: argparse.Namespace, style: Style) -> int:
         print(text.rstrip("\n"), flush=True)
     if not args.follow:
         return 0
-    lost = False
     try:
         for line in commands.follow_log(client, slot, text):
-            if line is None:
-                if not lost:
-                    warning = f"{PROG}: {slot}: connection to the IOC lost; waiting"
-                    print(style.error(warning), file=sys.stderr, flush=True)
-                lost = True
+            if line is commands.Link.LOST:
+                warning = f"{PROG}: {slot}: connection to the IOC lost; waiting"
+                print(style.error(warning), file=sys.stderr, flush=True)
+            elif line is commands.Link.BACK:
+                print(f"{PROG}: {slot}: connected again", file=sys.stderr, flush=True)
             else:
-                lost = False
                 print(line, flush=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a follow ends
@@ -242,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    # caproto logs each circuit it loses or gives up on; with no logging set up,
+    # Python would print those on stderr. The CLI says what matters in its own words.
+    caproto_log = logging.getLogger("caproto")
+    if not any(isinstance(h, logging.NullHandler) for h in caproto_log.handlers):
+        caproto_log.addHandler(logging.NullHandler())
     style = Style(use_colour(sys.stdout, args.color))
     err_style = Style(use_colour(sys.stderr, args.color))
     try:

@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import Enum
 
 from bgrscrpt_ioc.ca.pvdb import IOC_GROUP
 from bgrscrpt_ioc.ca.watch_pvs import WATCH_GROUP
@@ -286,15 +287,29 @@ def log_text(client: Client, slot: str) -> str:
     return str(client.value(f"{slot}:LOG"))
 
 
-def follow_log(client: Client, slot: str, first: str) -> Iterator[str | None]:
-    """Yield every new line of LOG as it arrives (None: the IOC went away)."""
+class Link(Enum):
+    """News about the connection while following: lost, then back."""
+
+    LOST = "lost"
+    BACK = "back"
+
+
+def follow_log(client: Client, slot: str, first: str) -> Iterator[str | Link]:
+    """Yield every new line of LOG as it arrives, and the connection's news: LOST
+    when it drops, BACK with the first update after (the client reconnects by itself)."""
     updates = client.follow(f"{slot}:LOG")
     shown = log_lines(first)
+    lost = False
     while True:
         text = updates.get()
         if text is None:
-            yield None
+            if not lost:
+                yield Link.LOST
+            lost = True
             continue
+        if lost:
+            lost = False
+            yield Link.BACK
         lines = log_lines(text)
         yield from new_lines(shown, lines)
         shown = lines

@@ -37,7 +37,8 @@ class Monitors:
         self, pv_names: Sequence[str], text_names: Sequence[str] = (), context: Any = None
     ):
         from caproto import ChannelType
-        from caproto.threading.client import Context
+
+        from bgrscrpt_ioc.ca.threading_client import Context
 
         self.names = list(pv_names)
         self.text_names = set(text_names)

@@ -5,19 +5,32 @@ severity and timestamp) and connection tracking. Updates go to a listener as
 plain calls on the loop. caproto's client holds callbacks by weak reference and
 runs plain functions in a thread pool, so the callbacks here are coroutine
 methods of an object the watch service keeps alive.
+
+The context is :class:`bgrscrpt_ioc.ca.client.Context`, whose circuits are
+searched for again after any loss (an unresponsive server, a refused or reset
+circuit). On top of that, a PV that has been silent (not connected, or no value
+since it connected) for longer than the CA connection timeout
+(``EPICS_CA_CONN_TMO``) is re-created: whatever stranded it is left behind with
+the old PV object, and a new one is searched for at caproto's fastest rate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from caproto import ChannelType
-from caproto.asyncio.client import Context
+
+from ..ca.client import Context
 
 log = logging.getLogger("bgrscrpt_ioc.watch")
+
+SILENCE_CHECK = 1.0  # seconds between looks for silent PVs (at most)
 
 
 @dataclass(frozen=True)
@@ -40,14 +53,27 @@ class PvMonitor:
     ``as_string``: subscribe as DBR_TIME_STRING (for watches whose `values` are
     strings, e.g. enum state names), else as the PV's native time type.
     A PV that reconnects reports "connected" with its first new value, so a
-    stale severity from before the disconnect is never taken as fresh.
+    stale severity from before the disconnect is never taken as fresh; a
+    disconnection is reported once.
+
+    ``silent_after``: seconds without a connection (and a value) after which a
+    PV is re-created; the CA connection timeout when None.
     """
 
-    def __init__(self, context: Context, listener: Listener):
+    def __init__(self, context: Context, listener: Listener, *, silent_after: float | None = None):
         self.context = context
         self.listener = listener
+        if silent_after is None:
+            silent_after = float(context.broadcaster.environ["EPICS_CA_CONN_TMO"])
+        self.silent_after = silent_after
+        self.recreated = 0  # PV objects re-created so far (for the log and the tests)
         self._pvs: dict[str, Any] = {}
-        self._subs: list[tuple[Any, int]] = []
+        self._subs: dict[str, tuple[Any, int]] = {}
+        self._data_type: dict[str, Any] = {}
+        self._connected: dict[str, bool] = {}
+        self._silent_since: dict[str, float] = {}  # not connected since (monotonic)
+        self._said_silent: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
 
     async def add(self, names: Iterable[str], *, as_string: bool = False) -> None:
         names = [n for n in dict.fromkeys(names) if n not in self._pvs]
@@ -57,24 +83,49 @@ class PvMonitor:
             *names, connection_state_callback=self._on_connection, timeout=None
         )
         data_type = ChannelType.TIME_STRING if as_string else "time"
+        now = time.monotonic()
         for pv in pvs:
             self._pvs[pv.name] = pv
-            sub = pv.subscribe(data_type=data_type)
-            self._subs.append((sub, sub.add_callback(self._on_value)))
+            self._data_type[pv.name] = data_type
+            self._connected[pv.name] = False
+            self._silent_since[pv.name] = now
+            self._subscribe(pv)
+        if self._task is None:
+            self._task = asyncio.create_task(self._recreate_silent(), name="watch PV silence")
+
+    def _subscribe(self, pv: Any) -> None:
+        sub = pv.subscribe(data_type=self._data_type[pv.name])
+        self._subs[pv.name] = (sub, sub.add_callback(self._on_value))
+
+    def _current(self, pv: Any) -> bool:
+        return self._pvs.get(pv.name) is pv  # not an object re-created since
 
     async def _on_connection(self, pv: Any, state: str) -> None:
-        if state != "connected":
+        if state == "connected" or not self._current(pv):
+            return
+        if self._connected.get(pv.name):
+            self._connected[pv.name] = False
+            self._silent_since[pv.name] = time.monotonic()
             self.listener(PvUpdate(pv.name, connected=False))
 
     async def _on_value(self, sub: Any, response: Any) -> None:
+        name = sub.pv.name
+        if not self._current(sub.pv):
+            return
         metadata = response.metadata
         data = response.data
         value = data[0] if len(data) else None
         if isinstance(value, bytes):
             value = value.decode("latin-1")
+        if not self._connected.get(name):
+            self._connected[name] = True
+            self._silent_since.pop(name, None)
+            if name in self._said_silent:
+                self._said_silent.discard(name)
+                log.info("watched PV %s connected again", name)
         self.listener(
             PvUpdate(
-                sub.pv.name,
+                name,
                 connected=True,
                 severity=int(getattr(metadata, "severity", 0)),
                 value=value,
@@ -82,20 +133,62 @@ class PvMonitor:
             )
         )
 
+    # ---- silence -----------------------------------------------------------------
+
+    async def _recreate_silent(self) -> None:
+        period = max(0.05, min(SILENCE_CHECK, self.silent_after / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            silent = [n for n, t in self._silent_since.items() if now - t >= self.silent_after]
+            for name in silent:
+                try:
+                    await self._recreate(name)
+                except Exception:  # the next look tries again; the watch goes on
+                    log.exception("re-creating watched PV %s failed", name)
+                self._silent_since[name] = time.monotonic()
+
+    async def _recreate(self, name: str) -> None:
+        old = self._pvs[name]
+        sub, token = self._subs.pop(name, (None, 0))
+        if sub is not None:
+            try:
+                await sub.remove_callback(token)
+            except Exception as exc:  # a dead circuit: nothing left to unsubscribe
+                log.debug("unsubscribing %s: %s", name, exc)
+        new = await self.context.recreate(old)
+        self._pvs[name] = new
+        self._subscribe(new)
+        self.recreated += 1
+        if name not in self._said_silent:
+            self._said_silent.add(name)
+            log.info(
+                "watched PV %s: no connection for %g s; searching for it afresh "
+                "(every %g s until it answers)",
+                name,
+                self.silent_after,
+                self.silent_after,
+            )
+
+    # ---- for the runner ------------------------------------------------------------
+
     def kick_searches(self) -> None:
         """Search again now for every PV not connected.
 
         caproto backs its search retries off to every 5 s; a watch verifying a
         restart wants the new IOC found as soon as it serves.
         """
-        event = getattr(self.context.broadcaster, "_search_now", None)
-        if event is not None:
-            event.set()
+        self.context.broadcaster.search_now()
 
     async def close(self) -> None:
-        for sub, token in self._subs:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for name, (sub, token) in list(self._subs.items()):
             try:
                 await sub.remove_callback(token)
             except Exception as exc:  # a dead circuit: nothing left to unsubscribe
-                log.debug("unsubscribing %s: %s", sub.pv.name, exc)
+                log.debug("unsubscribing %s: %s", name, exc)
         self._subs.clear()

@@ -28,6 +28,7 @@ MODE_JOURNAL = "procserv-mode"
 """State database settings slot: procServ endpoint -> the auto-restart mode to put back."""
 
 KICK_INTERVAL = 0.05  # while verifying with PVs not found yet: search again this often
+SEARCH_AHEAD = 1.0  # before a restart can fall due: search afresh for PVs shown disconnected
 STALE_DEADLINE_RETRY = 0.5
 """A deadline a tick has already passed is a core bug: look again this much later, not at once."""
 CLOSE_TIMEOUT = 5.0
@@ -76,6 +77,7 @@ class WatchRunner:
         self._task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._ahead: asyncio.TimerHandle | None = None  # the next search ahead of a restart
         self._stale_logged = False
         self._values = set(settings.values)
         self.journal = DbModeJournal(db)
@@ -127,6 +129,8 @@ class WatchRunner:
 
     async def close(self) -> None:
         """Stop the watch; a restart under way is cut short (recorded as interrupted)."""
+        if self._ahead is not None:
+            self._ahead.cancel()
         tasks = [t for t in (self._restart_task, self._task) if t is not None]
         deadline = time.monotonic() + CLOSE_TIMEOUT
         pending = [t for t in tasks if not t.done()]
@@ -159,6 +163,7 @@ class WatchRunner:
             if kicking:
                 self.monitor.kick_searches()
                 wait = min(wait, KICK_INTERVAL)
+            self._search_ahead(wait)
             if wait > 0:
                 # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
                 # cancellation, and this loop would outlive the IOC's shutdown.
@@ -173,6 +178,26 @@ class WatchRunner:
                     await self.group.publish(self.view())
                 except Exception:  # publishing must never stop the watch
                     log.exception("watch %s: publishing failed", self.name)
+
+    def _search_ahead(self, wait: float) -> None:
+        """A restart may fall due in ``wait`` s: search afresh for the PVs shown
+        disconnected a little before, so that it is decided on what they show then.
+
+        After a network outage caproto searches only every few seconds, and
+        procServ may answer before the PVs do: without this, a healthy IOC whose
+        PVs were about to be found again would be restarted. A timer, not a tick,
+        so that the core is looked at no more often than its deadlines ask.
+        """
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+        if self.core.state not in (WatchState.PENDING, WatchState.FAILED) or math.isinf(wait):
+            return
+        if all(pv.connected for pv in self.core.pvs.values()):
+            return
+        self._ahead = asyncio.get_running_loop().call_later(
+            max(0.0, wait - SEARCH_AHEAD), self.monitor.kick_searches
+        )
 
     def _stale_deadline(self, deadline: float, ticked: float) -> None:
         if not self._stale_logged:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from caproto.asyncio.client import Context
-
+from ..ca.client import Context
 from ..ca.watch_pvs import WatchPVSet, build_watch_pvs
 from ..settings import WatchSettings
 from ..state_db import StateDB

@@ -4,10 +4,11 @@ status shows, colour choice."""
 from __future__ import annotations
 
 import io
+import queue
 
 import pytest
 
-from bgrscrpt_ioc.ctl.commands import slot_name, watches_to_show
+from bgrscrpt_ioc.ctl.commands import Link, follow_log, slot_name, watches_to_show
 from bgrscrpt_ioc.ctl.logtail import log_lines, new_lines
 from bgrscrpt_ioc.ctl.style import Style, use_colour
 
@@ -41,6 +42,37 @@ def test_followed_windows_read_as_one_stream():
         shown = lines
     numbers = [int(line.split()[1]) for line in stream]
     assert numbers == sorted(set(numbers)) and numbers[-1] == 80
+
+
+class _Following:
+    """The CLI's CA client as follow_log uses it: updates (None: disconnected) queued."""
+
+    def __init__(self, updates: list[str | None]):
+        self.updates: queue.Queue[str | None] = queue.Queue()
+        for update in updates:
+            self.updates.put(update)
+
+    def follow(self, suffix: str) -> queue.Queue[str | None]:
+        return self.updates
+
+
+def test_following_across_a_lost_connection_says_lost_once_then_back():
+    def text(first: int, last: int) -> str:
+        return "\n".join(window(first, last)) + "\n"
+
+    updates = [text(1, 3), None, None, text(1, 6), text(2, 7)]
+    client = _Following(updates)
+    events = follow_log(client, "BGRSCRPT_01", text(1, 2))  # type: ignore[arg-type]
+    got = [next(events) for _ in range(7)]  # all there is: one more would wait for ever
+    assert got == [
+        "line 3",
+        Link.LOST,  # the second None says nothing new
+        Link.BACK,
+        "line 4",
+        "line 5",
+        "line 6",
+        "line 7",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def _ctx() -> Any:
     global _context
     with _lock:
         if _context is None:
-            from caproto.threading.client import Context
+            from bgrscrpt_ioc.ca.threading_client import Context
 
             _context = Context()
         return _context
