@@ -4,7 +4,10 @@ end a script whose IOC died while starting it.
 The IOC puts this directory on ``PYTHONPATH`` for its scripts. Appending (rather
 than listing the compat directory on ``PYTHONPATH`` itself) means that a real
 ``genie_python`` or ``technique`` installation, anywhere on the normal path,
-is always found first. Any other ``sitecustomize`` this one shadows still runs.
+is always found first; ``BGRSCRPT_GENIE_PYTHON=kit`` makes ``genie_python``
+(only) the IOC's own even so. When a script imports ``matplotlib.pyplot``,
+``pyplot.plot_date`` (gone in matplotlib 3.11) is put back, as IBEX scripts call
+it. Any other ``sitecustomize`` this one shadows still runs.
 """
 
 # Only modules Python has loaded already by now: this runs before every script
@@ -27,6 +30,44 @@ _compat = os.path.join(os.path.dirname(_here), "compat")
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 if _compat not in sys.path:
     sys.path.append(_compat)
+
+# Python's own path finder (importlib.machinery is not loaded yet: take it from the
+# import system itself).
+_path_finder = next(f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder")
+
+
+class _ScriptImports:
+    """Finds ``genie_python`` in the compat directory when asked to (kit mode), and
+    restores ``plot_date`` on ``matplotlib.pyplot`` once it has loaded."""
+
+    kit_genie = os.environ.get("BGRSCRPT_GENIE_PYTHON", "") == "kit"
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "genie_python" and cls.kit_genie:
+            return _path_finder.find_spec(name, [_compat])
+        if name != "matplotlib.pyplot":
+            return None
+        spec = _path_finder.find_spec(name, path)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        load = loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            try:
+                from bgrscrpt_ioc.plot.mpl_compat import restore_plot_date
+
+                restore_plot_date(module)
+            except Exception:  # a convenience: never the reason pyplot fails to import
+                pass
+
+        loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _ScriptImports)
 
 # Chain to the sitecustomize this one hides (e.g. a distribution's), if any.
 _this = sys.modules.pop(__name__)
