@@ -85,6 +85,7 @@ class IocOptions:
     var_dir: Path
     settings: Settings
     interfaces: list[str]
+    procserv_control: bool = False  # also serve $(P)CS:PS:<slot>: as procServControl does
 
 
 class Publisher:
@@ -232,7 +233,10 @@ async def run_ioc(options: IocOptions) -> int:
         watches = WatchService(options.settings.watches, prefix=options.prefix, db=db)
         now = time.monotonic()
         pvdb, ioc_group, slot_groups = build_pvdb(
-            options.prefix, [(r.name, r, r.view(now)) for r in runners], watches.pvs
+            options.prefix,
+            [(r.name, r, r.view(now)) for r in runners],
+            watches.pvs,
+            procserv_control=options.procserv_control,
         )
         settings = options.settings
         if settings.write_hosts is not None or settings.write_users is not None:

@@ -37,11 +37,13 @@ from matplotlib._pylab_helpers import Gcf
 from matplotlib.backend_bases import _Backend
 from matplotlib.backends import backend_webagg_core as core
 
-from bgrscrpt_ioc.plot.server import PlotServer
+from bgrscrpt_ioc.plot.server import PlotServer, first_plot_port
 
 DEFAULT_HOST = "127.0.0.1"
 PRIMARY_WEB_PORT = 8988
-SECONDARY_WEB_PORT = 8989
+# IBEX's secondary plot port, where background plots go; BGRSCRPT_PLOT_PORT moves it
+# (and with it where InstrumentScripts' plot looks for one already running).
+SECONDARY_WEB_PORT = first_plot_port()
 backend_version = "bgrscrpt_ioc"
 
 max_number_of_figures = 3

@@ -184,7 +184,7 @@ class PlotServer:
         self, *, port: int | None = None, address: str | None = None, daemon: bool = False
     ):
         self.daemon = daemon
-        self.first_port = port if port is not None else _env_port()
+        self.first_port = port if port is not None else first_plot_port()
         self.address = address or os.environ.get("BGRSCRPT_PLOT_ADDRESS", "127.0.0.1")
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -294,7 +294,8 @@ class PlotServer:
                 _servers.remove(self)
 
 
-def _env_port() -> int:
+def first_plot_port() -> int:
+    """The first port a plot tries: ``$BGRSCRPT_PLOT_PORT``, else IBEX's 8989."""
     try:
         return int(os.environ.get("BGRSCRPT_PLOT_PORT", FIRST_PORT))
     except ValueError:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bgrscrpt_ioc.supervisor.env import kit_root
 
-UNITTEST = '''
+UNITTEST = """
 import datetime
 import os
 import unittest
@@ -85,7 +85,7 @@ class LoadFromSave(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
-'''
+"""
 
 
 def test_instrument_scripts_style_unittest_passes_against_our_module(tmp_path):
