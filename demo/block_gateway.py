@@ -73,6 +73,16 @@ def block_names(names: Iterable[str]) -> pvproperty:
     )  # fmt: skip
 
 
+def zero_byte_fields(pvdb: MutableMapping[str, Any]) -> None:
+    """Give the one-byte record fields (``.DISP``, ``.PROC``, ``.TPRO``) the value 0 an
+    EPICS record has: caproto serves them with no element, and genie_python, which
+    reads ``.DISP`` before every put, then refuses the put."""
+    for channel in list(pvdb.values()):
+        for field in getattr(channel, "fields", {}).values():
+            if field.data_type == ChannelType.CHAR and field.value == b"":
+                field._data["value"] = b"\0"
+
+
 def alias_blocks(
     pvdb: MutableMapping[str, Any], prefix: str, names: Iterable[str], setpoints: Iterable[str] = ()
 ) -> None:
@@ -83,10 +93,7 @@ def alias_blocks(
     setpoints = set(setpoints)
     from bgrscrpt_ioc.ca.channels import preset_value
 
-    for channel in list(pvdb.values()):
-        for field in getattr(channel, "fields", {}).values():
-            if field.data_type == ChannelType.CHAR and field.value == b"":
-                field._data["value"] = b"\0"  # as an EPICS record's DISP, PROC, TPRO: 0
+    zero_byte_fields(pvdb)
     for name in names:
         channel = pvdb[f"{prefix}{BLOCK_PREFIX}{name}"]
         fields = getattr(channel, "fields", {})

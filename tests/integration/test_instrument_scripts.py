@@ -47,7 +47,7 @@ from genie_python.matplotlib_backend.ibex_websocket_backend import (
     set_up_plot_default, SECONDARY_WEB_PORT)
 from requests import head, ConnectionError
 
-SAVE_FILE = os.path.join(os.environ["ICPVARDIR"], "tmp", "checkout_plot_{:02d}.csv")
+SAVE_FILE = os.path.join(r"C:\\\\", "Instrument", "var", "tmp", "background_plot_data_{:02d}.csv")
 
 
 class BackgroundBlockPlot:
@@ -55,7 +55,7 @@ class BackgroundBlockPlot:
         set_up_plot_default(is_primary=False, should_open_ibex_window_on_show=False)
         self.name = "{} Plot".format(label)
         self.interval = interval
-        self.save_file = SAVE_FILE.format(ioc_number)
+        self.save_file = SAVE_FILE.format(ioc_number)  # IBEX's path: read when built
         self.pvs = [g.prefix_pv_name("CS:SB:" + block) for block, _ in blocks]
         self.labels = [name for _, name in blocks]
         self.run_state_pv = g.prefix_pv_name(DAE_PVS_LOOKUP["runstate"])
@@ -82,7 +82,6 @@ class BackgroundBlockPlot:
         lines = [pyplot.plot_date(x, y, "-", label=l)[0] for y, l in zip(ys, self.labels)]
         pyplot.legend()
         run = g.get_runnumber()
-        os.makedirs(os.path.dirname(self.save_file), exist_ok=True)
         with open(self.save_file, "w") as f:
             f.write("# run_number:{}\\n# Axes: time, {}\\n".format(run, ", ".join(self.labels)))
         pyplot.show()
@@ -125,7 +124,7 @@ def restart_ioc_when_pv_in_alarm(block_to_monitor, iocs_to_restart, error_states
                                  wait_between_restarts=120, wait_for_polling=10):
     a = StoppableThread(target=_poll, args=[block_to_monitor, error_states, iocs_to_restart,
                                             wait_between_restarts, wait_for_polling])
-    a.daemon = True
+    a.setDaemon(True)
     a.start()
     return a
 
@@ -285,7 +284,8 @@ def test_instrument_scripts_modules_found_first_and_the_iocs_own(
     assert fetch(url + "plot.png").startswith(b"\x89PNG")
     assert b"Temperature Plot" in fetch(url)
     # The block's .SEVR reads as "INVALID": the point is a gap (None), as on IBEX.
-    data = tmp_path / "var" / "tmp" / "checkout_plot_01.csv"
+    # IBEX's C:\Instrument\var\tmp path becomes $ICPVARDIR/tmp off Windows.
+    data = tmp_path / "var" / "tmp" / "background_plot_data_01.csv"
     wait_for(lambda: data.exists() and data.read_text().count("\n") > 5, T, "points saved")
     assert data.read_text().startswith("# run_number:00001000\n")
     epics.caput(instrument.pv("CS:SB:TEMP:SIM:SEVR"), 3, wait=True)
@@ -341,3 +341,4 @@ def test_emu_helper_from_a_checkout_restarts_through_procservcontrol(
     assert "Restarting BGRSCRPT_01" in log(ioc, "BGRSCRPT_02")
     ioc.wait_status("RUNNING", "BGRSCRPT_01")
     assert "Traceback" not in log(ioc, "BGRSCRPT_02"), log(ioc, "BGRSCRPT_02")
+    assert not list(config_dir.glob("C:*"))  # nothing written to a Windows path here

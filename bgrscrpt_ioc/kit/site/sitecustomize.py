@@ -7,7 +7,9 @@ than listing the compat directory on ``PYTHONPATH`` itself) means that a real
 is always found first; ``BGRSCRPT_GENIE_PYTHON=kit`` makes ``genie_python``
 (only) the IOC's own even so. When a script imports ``matplotlib.pyplot``,
 ``pyplot.plot_date`` (gone in matplotlib 3.11) is put back, as IBEX scripts call
-it. Any other ``sitecustomize`` this one shadows still runs.
+it; InstrumentScripts' plot module gets a data file under ``$ICPVARDIR``
+instead of ``C:\\Instrument``. Any other ``sitecustomize`` this one shadows still
+runs.
 """
 
 # Only modules Python has loaded already by now: this runs before every script
@@ -37,16 +39,22 @@ _path_finder = next(f for f in sys.meta_path if getattr(f, "__name__", "") == "P
 
 
 class _ScriptImports:
-    """Finds ``genie_python`` in the compat directory when asked to (kit mode), and
-    restores ``plot_date`` on ``matplotlib.pyplot`` once it has loaded."""
+    """Finds ``genie_python`` in the compat directory when asked to (kit mode); after
+    ``matplotlib.pyplot`` or InstrumentScripts' plot module loads, puts right what
+    they assume (``bgrscrpt_ioc.plot.ibex_compat``)."""
 
     kit_genie = os.environ.get("BGRSCRPT_GENIE_PYTHON", "") == "kit"
+    fixes = {
+        "matplotlib.pyplot": "restore_plot_date",
+        "technique.muon.background_plot": "local_save_file",
+    }
 
     @classmethod
     def find_spec(cls, name, path=None, target=None):
         if name == "genie_python" and cls.kit_genie:
             return _path_finder.find_spec(name, [_compat])
-        if name != "matplotlib.pyplot":
+        fix = cls.fixes.get(name)
+        if fix is None:
             return None
         spec = _path_finder.find_spec(name, path)
         loader = getattr(spec, "loader", None)
@@ -57,10 +65,10 @@ class _ScriptImports:
         def exec_module(module):
             load(module)
             try:
-                from bgrscrpt_ioc.plot.mpl_compat import restore_plot_date
+                from bgrscrpt_ioc.plot import ibex_compat
 
-                restore_plot_date(module)
-            except Exception:  # a convenience: never the reason pyplot fails to import
+                getattr(ibex_compat, fix)(module)
+            except Exception:  # a convenience: never the reason a module fails to import
                 pass
 
         loader.exec_module = exec_module

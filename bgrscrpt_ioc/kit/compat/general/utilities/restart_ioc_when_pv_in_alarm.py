@@ -20,6 +20,7 @@ instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -97,9 +98,11 @@ def _poll_and_restart(
     assert isinstance(thread, StoppableThread)
     missing = False
     while not thread.stopped():
-        # The block's PV as cget reads it (in capitals), without cget's traceback
-        # on every poll when the block is missing.
-        pv = g.prefix_pv_name(BLOCK_PREFIX + block.upper())
+        # The block's PV as cget reads it (in capitals), without cget's traceback on
+        # every poll when the block is missing; the IOC's prefix when the script has
+        # not called set_instrument.
+        prefix = g.prefix_pv_name("") or os.environ.get("MYPVPREFIX", "")
+        pv = prefix + BLOCK_PREFIX + block.upper()
         try:
             value = CaChannelWrapper.get_pv_value(pv)
         except Exception as exc:  # any Channel Access failure: say so and keep watching
@@ -117,7 +120,7 @@ def _poll_and_restart(
                 for ioc in iocs:
                     print(f"Restarting {ioc}", flush=True)
                     try:
-                        CaChannelWrapper.set_pv_value(g.prefix_pv_name(f"CS:PS:{ioc}:RESTART"), 1)
+                        CaChannelWrapper.set_pv_value(f"{prefix}CS:PS:{ioc}:RESTART", 1)
                     except Exception as exc:
                         _say(f"cannot restart {ioc}: {exc}")
                 if thread.wait_or_stop(wait_between_restarts):
