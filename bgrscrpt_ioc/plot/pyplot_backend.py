@@ -112,10 +112,25 @@ def _on_loop() -> bool:
     return _server is not None and threading.get_ident() == _server.thread_ident
 
 
+MAX_UNACKED = 3  # frames a browser may have in flight; a slower one misses some
+
+
 class FigureCanvas(core.FigureCanvasWebAggCore):
-    """Renders under the backend's lock; ``draw_idle`` draws soon, on the server's loop."""
+    """Renders under the backend's lock; ``draw_idle`` draws soon, on the server's loop.
+
+    Every frame is a whole image (as IBEX's backend sends them), so that a browser
+    too slow to take every frame can be sent only some: the next one it gets is
+    complete.
+    """
 
     manager_class = _api.classproperty(lambda cls: FigureManager)
+
+    def get_diff_image(self) -> bytes | None:
+        self._force_full = True
+        return super().get_diff_image()
+
+    def set_image_mode(self, mode: str) -> None:
+        self._current_image_mode = "full"
 
     def draw(self) -> None:
         with _lock:
@@ -151,6 +166,7 @@ class FigureManager(core.FigureManagerWebAgg):
 class _Socket(tornado.websocket.WebSocketHandler):
     supports_binary = True
     manager: FigureManager | None = None
+    unacked = 0  # frames sent that the browser has not shown yet ("ack")
 
     def open(self, fignum: str) -> None:
         self.set_nodelay(True)
@@ -163,10 +179,20 @@ class _Socket(tornado.websocket.WebSocketHandler):
             self.manager.web_sockets.discard(self)
 
     def on_message(self, message: str | bytes) -> None:
-        content = json.loads(message)
-        if content.get("type") == "supports_binary":
+        try:
+            content = json.loads(message)
+            kind = content.get("type")
+        except (ValueError, AttributeError):  # garbage from a client: ignored
+            return
+        if kind == "ack":
+            with _lock:
+                self.unacked = max(0, self.unacked - 1)
+        elif kind == "supports_binary":
             self.supports_binary = bool(content.get("value"))
-        elif self.manager is not None and content.get("type") != "ack":
+        elif self.manager is not None:
+            if kind in ("refresh", "draw"):  # asking for a frame (IBEX's GUI, every 2 s)
+                with _lock:
+                    self.unacked = 0
             with contextlib.suppress(Exception):  # a browser's request never ends the script
                 self.manager.handle_json(content)
 
@@ -175,7 +201,10 @@ class _Socket(tornado.websocket.WebSocketHandler):
         self._send(json.dumps(content), False)
 
     def send_binary(self, blob: bytes) -> None:
-        if self.supports_binary:
+        # Called under the backend's lock (refresh_all): a stalled browser is not sent
+        # frame after frame to queue up in this process.
+        if self.supports_binary and self.unacked < MAX_UNACKED:
+            self.unacked += 1
             self._send(blob, True)
 
     def _send(self, message: Any, binary: bool) -> None:

@@ -35,7 +35,7 @@ if _compat not in sys.path:
 
 # Python's own path finder (importlib.machinery is not loaded yet: take it from the
 # import system itself).
-_path_finder = next(f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder")
+_path_finder = next((f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder"), None)
 
 
 class _ScriptImports:
@@ -75,7 +75,8 @@ class _ScriptImports:
         return spec
 
 
-sys.meta_path.insert(0, _ScriptImports)
+if _path_finder is not None:
+    sys.meta_path.insert(0, _ScriptImports)
 
 # Chain to the sitecustomize this one hides (e.g. a distribution's), if any.
 _this = sys.modules.pop(__name__)
