@@ -129,6 +129,7 @@ CALLS = [
     "g.get_period()",
     "g.get_frames()",
     "g.get_uamps()",
+    "g.get_time_since_begin()",
     # The waitfor family: its messages, limits, timeouts and errors.
     "g.waitfor_time(seconds=0.2)",
     "g.waitfor_time()",

@@ -57,6 +57,7 @@ __all__ = [
     "get_runnumber",
     "get_runstate",
     "get_script_dir",
+    "get_time_since_begin",
     "get_title",
     "get_totalcounts",
     "get_uamps",
@@ -437,6 +438,12 @@ def get_raw_frames(period: bool = False) -> int:
 def get_uamps(period: bool = False) -> float:
     """Good charge of the run in µAh (or of the current period)."""
     return _dae().get_uamps(period)
+
+
+@log_command_and_handle_exception
+def get_time_since_begin(get_timedelta: bool = False) -> Any:
+    """Seconds (or a timedelta) since the run began; raises unless a run is on."""
+    return _dae().get_time_since_begin(get_timedelta)
 
 
 @log_command_and_handle_exception

@@ -7,6 +7,7 @@ instrument prefix) that IBEX's DAE IOC serves; InstrumentScripts' plots take
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 DAE_PVS_LOOKUP = {
@@ -52,6 +53,10 @@ DAE_PVS_LOOKUP = {
     "errormessage": "DAE:ERRMSGS",
     "allmessages": "DAE:ALLMSGS",
 }
+
+
+# The run states in which a run is on (genie_python's list, in its order).
+RUN_ON = ("PAUSING", "BEGINNING", "ABORTING", "RESUMING", "RUNNING", "VETOING", "WAITING", "PAUSED")
 
 
 class Dae:
@@ -116,6 +121,21 @@ class Dae:
             return names[0]
         except Exception:
             return ""
+
+    def get_starttime(self) -> Any:
+        return self._get("starttime")
+
+    def get_time_since_begin(self, get_timedelta: bool) -> Any:
+        """Time since the run began (seconds, or a timedelta); only while a run is on."""
+        state = self.get_run_state()
+        if state not in RUN_ON:
+            raise ValueError(
+                "get_time_since_begin can only be run in the following runstates: "
+                + ", ".join(RUN_ON)
+            )
+        began = datetime.strptime(self.get_starttime(), "%a %d-%b-%Y %H:%M:%S")
+        since = datetime.now() - began
+        return since if get_timedelta else since.total_seconds()
 
     def in_transition(self) -> bool:
         return self._get("statetrans") == "Yes"
