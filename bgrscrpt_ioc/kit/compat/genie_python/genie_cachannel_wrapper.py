@@ -20,6 +20,7 @@ thread; a channel that drops reconnects by itself.
 from __future__ import annotations
 
 import contextlib
+import logging
 import operator
 import sys
 import threading
@@ -55,6 +56,12 @@ def _ctx() -> Any:
         if _context is None:
             from caproto.threading.client import Context
 
+            # genie_python's Channel Access is silent on the console (libca's messages
+            # go to its log file): caproto's tracebacks for a server that went away
+            # would fill the slot's LOG. A script that set caproto's level keeps it.
+            logger = logging.getLogger("caproto")
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.CRITICAL)
             _context = Context()
         return _context
 
