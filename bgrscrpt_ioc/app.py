@@ -66,6 +66,7 @@ class IocOptions:
     var_dir: Path
     settings: Settings
     interfaces: list[str]
+    procserv_control: bool = False  # also serve $(P)CS:PS:<slot>: as procServControl does
 
 
 class Publisher:
@@ -266,6 +267,7 @@ async def run_ioc(options: IocOptions) -> int:
             [(r.name, r, r.view(now)) for r in runners],
             watches.pvs,
             lag_limits=(options.settings.loop_lag_high, options.settings.loop_lag_hihi),
+            procserv_control=options.procserv_control,
         )
         settings = options.settings
         if settings.write_hosts is not None or settings.write_users is not None:

@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="CA server interfaces (default: 127.0.0.1)",
     )
+    p.add_argument(
+        "--procserv-control",
+        action="store_true",
+        help="also serve each slot as procServControl does, $(P)CS:PS:BGRSCRPT_NN: "
+        "(for the IBEX GUI; off: a real procServControl may serve those names)",
+    )
     p.add_argument("--list-pvs", action="store_true", help="print every PV name and exit")
     p.add_argument(
         "--log-level",
@@ -127,7 +133,7 @@ def _list_pvs(args: argparse.Namespace) -> int:
         )
         watches = [watch.name for watch in settings.watches]
     names = [slot_name(i) for i in range(1, args.slots + 1)]
-    print("\n".join(pv_names(args.prefix, names, watches)))
+    print("\n".join(pv_names(args.prefix, names, watches, args.procserv_control)))
     return 0
 
 
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         var_dir=var_dir,
         settings=settings,
         interfaces=args.interfaces,
+        procserv_control=args.procserv_control,
     )
     try:
         return main_loop(options)

@@ -8,7 +8,9 @@
   of a minute, plus noise; ``CS:SB:Temp_Stick`` lags behind it;
 - ``CS:SB:Field`` (mT, near zero, noisy) and ``CS:SB:Pressure`` (mbar);
 - ``DAE:RUNSTATE`` (the ISIS DAE's states) and ``DAE:RUNNUMBER`` (a string,
-  as the DAE serves it): a new run every ``--run-period`` seconds.
+  as the DAE serves it): a new run every ``--run-period`` seconds;
+- what IBEX's gateway and block server add (``demo.block_gateway``): each block
+  in capitals too, its run control, and ``CS:BLOCKSERVER:BLOCKNAMES``.
 
 The CA port is ``EPICS_CA_SERVER_PORT``; it serves on 127.0.0.1 only.
 """
@@ -24,6 +26,8 @@ import time
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty, run
 
+from demo import block_gateway
+
 RUN_STATES = [
     "PROCESSING", "SETUP", "RUNNING", "PAUSED", "WAITING", "VETOING", "ENDING", "SAVING",
     "RESUMING", "PAUSING", "BEGINNING", "ABORTING", "UPDATING", "STORING", "CHANGING",
@@ -35,15 +39,19 @@ TAU = 60.0  # s: how fast the sample follows the setpoint
 END_OF_RUN = [("ENDING", 2.0), ("SETUP", 4.0), ("BEGINNING", 1.0)]
 
 
+BLOCKS = ["Temp_SP", "Temp_Sample", "Temp_Stick", "Field", "Pressure"]
+
+
 def _block(name: str, value: float, units: str, precision: int, **kw) -> pvproperty:
-    # Each block its own alarm_group: caproto otherwise shares one alarm per group.
-    return pvproperty(
-        name=f"CS:SB:{name}", value=value, precision=precision, units=units,
-        alarm_group=name, **kw,
-    )  # fmt: skip
+    # Each block its own alarm_group (block_gateway.block): caproto otherwise shares
+    # one alarm per group.
+    return block_gateway.block(name, value, precision=precision, units=units, **kw)
 
 
 class Instrument(PVGroup):
+    # As IBEX's gateway and block server serve them, so genie's cget finds the blocks.
+    locals().update(block_gateway.runcontrol(BLOCKS))
+    blocknames = block_gateway.block_names(BLOCKS)
     temp_sp = _block("Temp_SP", SCAN[0], "K", 2)
     temp_sample = _block("Temp_Sample", SCAN[0], "K", 3, read_only=True)
     temp_stick = _block("Temp_Stick", SCAN[0], "K", 3, read_only=True)
@@ -111,8 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     group = Instrument(args.prefix, args.run_period, args.sp_period, args.first_run)
-    print(f"serving {len(group.pvdb)} PVs under {args.prefix}", flush=True)
-    run(group.pvdb, interfaces=["127.0.0.1"], log_pv_names=False)
+    pvdb = dict(group.pvdb)
+    block_gateway.alias_blocks(pvdb, args.prefix, BLOCKS, setpoints=["Temp_SP"])
+    print(f"serving {len(pvdb)} PVs under {args.prefix}", flush=True)
+    run(pvdb, interfaces=["127.0.0.1"], log_pv_names=False)
 
 
 if __name__ == "__main__":

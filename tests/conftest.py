@@ -48,6 +48,9 @@ def pytest_configure(config):
     os.environ.pop("EPICS_CAS_SERVER_PORT", None)
     os.environ.pop("EPICS_CAS_INTF_ADDR_LIST", None)
     os.environ.pop("MYPVPREFIX", None)
+    # IBEX's genie_python is installed for the tests (the oracle): scripts run by the
+    # IOCs under test use the IOC's own, unless a test says otherwise.
+    os.environ["BGRSCRPT_GENIE_PYTHON"] = "kit"
 
 
 class PortPool:

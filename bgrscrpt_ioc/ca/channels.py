@@ -244,6 +244,11 @@ def describe_record(
     for name, value in values.items():
         if name in fields:
             preset_value(fields[name], value)
+    for name in ("DISP", "PROC", "TPRO"):
+        # caproto serves these one-byte fields with no element at all; genie_python
+        # reads DISP before every put and refuses the put unless it reads 0.
+        if name in fields and fields[name].value == b"":
+            _preset(fields[name], b"\0")
     for field_channel in fields.values():
         # A per-instance override: caproto asks the channel itself (server/common.py).
         field_channel.check_access = _read_only

@@ -6,6 +6,7 @@ from caproto import ChannelData
 
 from .channels import quiet_rejected_puts
 from .ioc_pvs import LOOP_LAG_HIGH, LOOP_LAG_HIHI, IocPVs
+from .procserv_control_pvs import ProcServControlPVs, SlotAndProcServ, procserv_prefix
 from .slot_pvs import SlotController, SlotPVs, SlotView
 from .watch_pvs import WatchPVSet, WatchView, build_watch_pvs
 
@@ -19,6 +20,7 @@ def build_pvdb(
     watches: WatchPVSet | None = None,
     *,
     lag_limits: tuple[float, float] = (LOOP_LAG_HIGH, LOOP_LAG_HIHI),
+    procserv_control: bool = False,
 ) -> tuple[dict[str, ChannelData], IocPVs, dict[str, SlotPVs]]:
     """Create the PV groups for ``start_server``.
 
@@ -27,7 +29,10 @@ def build_pvdb(
     always passes them, its IOC-wide DRYRUN and NAMES served even with no watch);
     ``lag_limits`` LOOP_LAG's HIGH and HIHI (ms).
     Returns the merged pvdb, the IOC-wide group and the slot groups by slot
-    name. Also keeps caproto's log of a refused put to one line.
+    name. Also keeps caproto's log of a refused put to one line. With
+    ``procserv_control`` each slot is also served as procServControl serves an IOC
+    (``$(P)CS:PS:<slot>:``, :mod:`.procserv_control_pvs`), and publishing a slot's
+    group publishes those too.
     """
     quiet_rejected_puts()
     ioc = IocPVs(f"{prefix}{IOC_GROUP}:", lag_high=lag_limits[0], lag_hihi=lag_limits[1])
@@ -40,6 +45,14 @@ def build_pvdb(
         if clash:
             raise ValueError(f"slot {name}: PV names already in use: {sorted(clash)}")
         pvdb.update(group.pvdb)
+    if procserv_control:
+        for name, controller, view in slots:
+            procserv = ProcServControlPVs(procserv_prefix(prefix, name), name, controller, view)
+            clash = pvdb.keys() & procserv.pvdb.keys()
+            if clash:
+                raise ValueError(f"slot {name}: PV names already in use: {sorted(clash)}")
+            pvdb.update(procserv.pvdb)
+            groups[name] = SlotAndProcServ(groups[name], procserv)  # type: ignore[assignment]
     if watches is not None:
         watch_pvdb = watches.pvdb
         clash = pvdb.keys() & watch_pvdb.keys()
@@ -68,7 +81,10 @@ class _NoWatchController:
 
 
 def pv_names(
-    prefix: str, slot_names: list[str], watch_names: list[str] | tuple[str, ...] = ()
+    prefix: str,
+    slot_names: list[str],
+    watch_names: list[str] | tuple[str, ...] = (),
+    procserv_control: bool = False,
 ) -> list[str]:
     """Every record name the IOC serves (no fields), for ``--list-pvs``.
 
@@ -80,6 +96,9 @@ def pv_names(
     nobody = _NoWatchController()
     watches = build_watch_pvs(prefix, [(name, nobody, WatchView()) for name in watch_names], nobody)
     pvdb, _, _ = build_pvdb(
-        prefix, [(slot, controller, SlotView()) for slot in slot_names], watches
+        prefix,
+        [(slot, controller, SlotView()) for slot in slot_names],
+        watches,
+        procserv_control=procserv_control,
     )
     return list(pvdb)

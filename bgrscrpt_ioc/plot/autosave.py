@@ -9,8 +9,10 @@
 
 The first line carries the run number the data belongs to, the second names the
 series for people; every row is a local ISO time then one value per series,
-empty for a gap. A plot that restarts during the same run reloads the file; rows
-that do not parse are skipped and counted, never fatal.
+empty for a gap (IBEX's plot writes ``None``). A plot that restarts during the
+same run reloads the file as IBEX's loader does: a row whose time does not
+parse is skipped; a row with an empty, ``None`` or corrupt value, or too few
+values, is kept with gaps there; nothing is ever fatal.
 """
 
 from __future__ import annotations
@@ -62,22 +64,22 @@ class Saved:
     labels: list[str]
     times: np.ndarray
     values: np.ndarray  # shape (rows, series); NaN for a gap
-    skipped: int = 0  # rows that did not parse
+    skipped: int = 0  # rows whose time did not parse
     skipped_lines: list[int] = field(default_factory=list)  # the first few, 1-based
+    row_errors: list[str] = field(default_factory=list)  # why, for the first few
+    bad_points: list[str] = field(default_factory=list)  # values that did not parse (gaps now)
+
+
+MAX_REPORTED = 5  # skipped rows described one by one
 
 
 def read(path: str | os.PathLike, series: int) -> Saved:
-    """Parse a data file for ``series`` series. Raises OSError if it cannot be read.
-
-    A row is kept only when its time parses and it has exactly ``series``
-    values, each empty or a number; any other row counts in ``skipped``.
-    """
+    """Parse a data file for ``series`` series. Raises OSError if it cannot be read."""
     run_number: str | None = None
     labels: list[str] = []
     times: list[float] = []
     rows: list[list[float]] = []
-    skipped_lines: list[int] = []
-    skipped = 0
+    saved = Saved(None, [], np.empty(0), np.empty((0, series)))
     with open(path, encoding="utf-8", errors="replace") as stream:
         for number, line in enumerate(stream, 1):
             line = line.rstrip("\r\n")
@@ -89,30 +91,34 @@ def read(path: str | os.PathLike, series: int) -> Saved:
                 continue
             if not line.strip():
                 continue
-            parsed = _parse_row(line, series)
-            if parsed is None:
-                skipped += 1
-                if len(skipped_lines) < 5:
-                    skipped_lines.append(number)
+            cells = line.split(",")
+            try:
+                t = datetime.fromisoformat(cells[0]).timestamp()
+            except ValueError as exc:
+                saved.skipped += 1
+                if len(saved.skipped_lines) < MAX_REPORTED:
+                    saved.skipped_lines.append(number)
+                    saved.row_errors.append(str(exc))
                 continue
-            times.append(parsed[0])
-            rows.append(parsed[1])
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), series)
-    return Saved(
-        run_number, labels, np.array(times, dtype=np.float64), values, skipped, skipped_lines
-    )
+            times.append(t)
+            rows.append([_value(cell, saved.bad_points) for cell in cells[1 : series + 1]])
+            rows[-1] += [math.nan] * (series - len(rows[-1]))
+    saved.run_number, saved.labels = run_number, labels
+    saved.times = np.array(times, dtype=np.float64)
+    saved.values = np.array(rows, dtype=np.float64).reshape(len(rows), series)
+    return saved
 
 
-def _parse_row(line: str, series: int) -> tuple[float, list[float]] | None:
-    cells = line.split(",")
-    if len(cells) != series + 1:
-        return None
+def _value(cell: str, bad: list[str]) -> float:
+    """A cell as a number: empty or ``None`` is a gap; anything else that is not a
+    number is a gap too, and noted in ``bad``."""
+    if not cell.strip() or "None" in cell:
+        return math.nan
     try:
-        t = datetime.fromisoformat(cells[0].strip()).timestamp()
-        values = [float(c) if c.strip() else math.nan for c in cells[1:]]
+        return float(cell)
     except ValueError:
-        return None
-    return t, values
+        bad.append(cell)
+        return math.nan
 
 
 class Writer:

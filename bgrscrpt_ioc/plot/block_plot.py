@@ -35,6 +35,27 @@ def _warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+MAX_POINTS_SHOWN = 20
+
+
+def _warn_corrupt(saved: autosave.Saved) -> None:
+    """What was wrong with a reloaded data file, in the words of IBEX's plot."""
+    for error in saved.row_errors:
+        _warn(f"WARNING - Save file may be corrupted: {error}")
+    if saved.skipped > len(saved.row_errors):
+        _warn(
+            f"WARNING - Save file may be corrupted: {saved.skipped} rows skipped in all "
+            f"(lines {', '.join(map(str, saved.skipped_lines))}, …)"
+        )
+    bad = saved.bad_points
+    if bad:
+        shown = repr(bad[:MAX_POINTS_SHOWN])[:-1] + (", …]" if len(bad) > MAX_POINTS_SHOWN else "]")
+        _warn(
+            f"WARNING - Save file may be corrupted: {len(bad)} data points could not be "
+            f"appended to the dataset: {shown}"
+        )
+
+
 class BlockPlot:
     """Plot ``pv_names`` (legend ``labels``) against time, with the y axis ``y_label``.
 
@@ -172,12 +193,7 @@ class BlockPlot:
             except OSError as exc:
                 _warn(f"background plot: cannot read {self.data_file}: {exc}")
         if saved is not None and autosave.same_run(saved.run_number, self.run_number):
-            if saved.skipped:
-                _warn(
-                    f"background plot: skipped {saved.skipped} corrupt row(s) in "
-                    f"{self.data_file} (line {', '.join(map(str, saved.skipped_lines))}"
-                    f"{', …' if saved.skipped > len(saved.skipped_lines) else ''})"
-                )
+            _warn_corrupt(saved)
             order = np.argsort(saved.times, kind="stable")
             self.samples.extend(saved.times[order], saved.values[order])
             print(

@@ -176,12 +176,15 @@ class _WebSocket(tornado.websocket.WebSocketHandler):
 class PlotServer:
     """A tornado server on its own thread and asyncio loop, on the first free port from ``port``.
 
-    The thread is not a daemon: like IBEX's plot, the process keeps serving
-    after the script's last statement, until it is stopped.
+    The thread is not a daemon unless ``daemon``: like IBEX's background plot, the
+    process keeps serving after the script's last statement, until it is stopped.
     """
 
-    def __init__(self, *, port: int | None = None, address: str | None = None):
-        self.first_port = port if port is not None else _env_port()
+    def __init__(
+        self, *, port: int | None = None, address: str | None = None, daemon: bool = False
+    ):
+        self.daemon = daemon
+        self.first_port = port if port is not None else first_plot_port()
         self.address = address or os.environ.get("BGRSCRPT_PLOT_ADDRESS", "127.0.0.1")
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -204,7 +207,9 @@ class PlotServer:
     def start(self) -> PlotServer:
         """Bind the first free port and start the loop; returns once it runs."""
         self._sockets, self.port = _bind_first_free(self.address, self.first_port)
-        self._thread = threading.Thread(target=self._run, name=f"plot-{self.port}")
+        self._thread = threading.Thread(
+            target=self._run, name=f"plot-{self.port}", daemon=self.daemon
+        )
         self._thread.start()
         self._ready.wait()
         with _servers_lock:
@@ -232,8 +237,17 @@ class PlotServer:
                 ),
             ]
         )
+        self.serve_app(app)
+
+    def serve_app(self, app: tornado.web.Application) -> None:
+        """Serve ``app`` on the bound port (call on the loop)."""
         self._http = tornado.httpserver.HTTPServer(app)
         self._http.add_sockets(self._sockets)
+
+    @property
+    def thread_ident(self) -> int | None:
+        """The server thread's ident (work on the figure must run there)."""
+        return self._thread.ident if self._thread is not None else None
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -280,7 +294,8 @@ class PlotServer:
                 _servers.remove(self)
 
 
-def _env_port() -> int:
+def first_plot_port() -> int:
+    """The first port a plot tries: ``$BGRSCRPT_PLOT_PORT``, else IBEX's 8989."""
     try:
         return int(os.environ.get("BGRSCRPT_PLOT_PORT", FIRST_PORT))
     except ValueError:

@@ -83,6 +83,12 @@ def main() -> None:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    # DISP (and PROC, TPRO) read 0 as on an EPICS IOC: caproto serves them empty, and
+    # genie_python reads DISP before every put (demo.block_gateway.zero_byte_fields).
+    for channel in group.pvdb.values():
+        for field in getattr(channel, "fields", {}).values():
+            if field.data_type == ChannelType.CHAR and field.value == b"":
+                field._data["value"] = b"\0"
     run(group.pvdb, interfaces=["127.0.0.1"])
 
 

@@ -1,5 +1,7 @@
-"""The genie_python subset a script sees: found only without a real installation, and
-working over Channel Access against a simulated instrument."""
+"""The genie_python a script sees: the IOC's where no real one is installed (or with
+``BGRSCRPT_GENIE_PYTHON=kit``), a real one otherwise; working over Channel Access
+against a simulated instrument. That it answers as IBEX's does is
+test_genie_differential.py."""
 
 from __future__ import annotations
 
@@ -52,27 +54,46 @@ print(any(p.endswith("kit/site") for p in sys.path))
 """
 
 
+def fresh_venv(tmp_path: Path, genie: bool) -> tuple[str, Path | None]:
+    """A virtual environment of its own, with or without a (stand-in) real genie_python."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    real = None
+    if genie:
+        site_packages = next((venv / "lib").glob("python3*/site-packages"))
+        real = site_packages / "genie_python"
+        real.mkdir()
+        (real / "__init__.py").write_text("REAL = True\n")
+    return str(venv / "bin" / "python"), real
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BGRSCRPT_GENIE_PYTHON")}
+    return {**env, **extra}
+
+
 def test_compat_modules_are_found_without_a_real_installation(tmp_path, test_tag):
-    lines = run_python(sys.executable, WHERE, child_env(tmp_path), tmp_path).splitlines()
+    python, _ = fresh_venv(tmp_path, genie=False)
+    lines = run_python(python, WHERE, child_env(tmp_path, base=base_env()), tmp_path).splitlines()
     assert lines[0] == str(COMPAT / "genie_python" / "__init__.py")
     assert lines[1] == str(COMPAT / "technique" / "__init__.py")
     assert lines[2] == "False"  # the way in is not left on the script's path
 
 
 def test_a_real_genie_python_in_site_packages_wins(tmp_path, test_tag):
-    # A fresh virtual environment with its own "real" genie_python in site-packages.
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site_packages = next((venv / "lib").glob("python3*/site-packages"))
-    real = site_packages / "genie_python"
-    real.mkdir()
-    (real / "__init__.py").write_text("REAL = True\n")
-    base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    lines = run_python(
-        str(venv / "bin" / "python"), WHERE, child_env(tmp_path, base=base), tmp_path
-    ).splitlines()
+    python, real = fresh_venv(tmp_path, genie=True)
+    lines = run_python(python, WHERE, child_env(tmp_path, base=base_env()), tmp_path).splitlines()
     assert lines[0] == str(real / "__init__.py")
     assert lines[1] == str(COMPAT / "technique" / "__init__.py")  # what it lacks still comes
+
+
+def test_kit_mode_takes_the_iocs_genie_python_even_so(tmp_path, test_tag):
+    python, real = fresh_venv(tmp_path, genie=True)
+    env = child_env(tmp_path, base=base_env(BGRSCRPT_GENIE_PYTHON="kit"))
+    lines = run_python(python, WHERE, env, tmp_path).splitlines()
+    assert lines[0] == str(COMPAT / "genie_python" / "__init__.py")
+    # Only genie_python: a real technique package would still win.
+    assert lines[1] == str(COMPAT / "technique" / "__init__.py")
 
 
 def test_an_inherited_pythonpath_and_sitecustomize_are_kept(tmp_path, test_tag):
@@ -80,7 +101,7 @@ def test_an_inherited_pythonpath_and_sitecustomize_are_kept(tmp_path, test_tag):
     (own / "genie_python").mkdir(parents=True)
     (own / "genie_python" / "__init__.py").write_text("")
     (own / "sitecustomize.py").write_text("import os\nos.environ['OWN_SITE_RAN'] = 'yes'\n")
-    env = child_env(tmp_path, base={**os.environ, "PYTHONPATH": str(own)})
+    env = child_env(tmp_path, base=base_env(PYTHONPATH=str(own)))
     assert env["PYTHONPATH"].split(os.pathsep) == [str(compat_site_dir()), str(own)]
     out = run_python(
         sys.executable,
@@ -95,52 +116,57 @@ GENIE_SCRIPT = """
 import json
 from genie_python import genie as g
 
+before = g.prefix_pv_name("X")
 g.set_instrument(None)
-out = {"prefixed": g.prefix_pv_name("CS:SB:T1")}
-out["cget"] = g.cget("T1")
+out = {"before": before, "prefixed": g.prefix_pv_name("CS:SB:T1")}
+cget = g.cget("t1")
+out["cget"] = list(cget.items())
+out["cget_type"] = type(cget).__name__
 out["missing"] = g.cget("NOT_A_BLOCK")
 g.cset("T2", 42.5, wait=True)
 out["after_cset"] = g.get_pv("CS:SB:T2", is_local=True)
 out["runnumber"] = g.get_runnumber()
+g.set_pv("DAE:RUNSTATE", "running", wait=True, is_local=True)
 out["runstate"] = g.get_runstate()
-g.set_pv("DAE:RUNSTATE", "RUNNING", wait=True, is_local=True)
-g.set_pv(g.prefix_pv_name("DAE:RUNNUMBER"), "00001001", wait=True)
-out["runstate2"] = g.get_runstate()
-out["runnumber2"] = g.get_runnumber()
-out["state_index"] = g.get_pv("DAE:RUNSTATE", is_local=True)
+out["state"] = g.get_pv("DAE:RUNSTATE", is_local=True)
 g.set_pv("CS:SB:T1:SIM:SEVR", 3, wait=True, is_local=True)
-out["invalid"] = g.cget("T1")["alarm"]
-try:
-    g.get_pv("NOT:THERE", is_local=True)
-except IOError as exc:
-    out["error"] = type(exc).__name__
+out["severity"] = g.get_pv("CS:SB:T1.SEVR", is_local=True)
+out["error"] = g.get_pv("NOT:THERE", is_local=True)
 out["plot_window"] = g.adv.open_plot_window(is_primary=False)
 print(json.dumps(out))
 """
 
 
-def test_genie_subset_against_a_simulated_instrument(tmp_path, port_pool, prefix, test_tag):
+def test_genie_against_a_simulated_instrument(tmp_path, port_pool, prefix, test_tag):
     sim = Simulation(prefix, port_pool.take(), ["T1", "T2"], moving=False).start()
     try:
-        out = run_python(sys.executable, GENIE_SCRIPT, child_env(tmp_path, prefix), tmp_path)
+        out = subprocess.run(
+            [sys.executable, "-c", GENIE_SCRIPT],
+            env=child_env(tmp_path, prefix),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         sim.stop()
-    result = json.loads(out.splitlines()[-1])
-    assert result["prefixed"] == f"{prefix}CS:SB:T1"
-    assert result["cget"] == {
-        "name": "T1",
-        "value": 0.0,
-        "unit": "K",
-        "connected": True,
-        "alarm": "NO_ALARM",
-    }
-    assert result["missing"]["connected"] is False and result["missing"]["value"] is None
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["before"] == "X"  # no prefix until set_instrument, as genie_python
+    assert result["prefixed"] == f"{prefix}CS:SB:T1"  # set_instrument(None): $MYPVPREFIX
+    assert result["cget_type"] == "OrderedDict"
+    assert result["cget"] == [
+        ["connected", True], ["name", "t1"], ["value", 0.0], ["unit", "K"],
+        ["runcontrol", False], ["lowlimit", 0.0], ["highlimit", 0.0], ["alarm", "NO_ALARM"],
+    ]  # fmt: skip
+    assert result["missing"] is None
     assert result["after_cset"] == 42.5
-    assert (result["runnumber"], result["runstate"]) == ("00001000", "SETUP")
-    assert (result["runnumber2"], result["runstate2"]) == ("00001001", "RUNNING")
-    assert result["state_index"] == 2  # without to_string, an enum's index, as genie gives
-    assert result["invalid"] == "INVALID"
-    assert result["error"] == "UnableToConnectToPVException"
+    assert result["runnumber"] == "00001000"
+    assert result["runstate"] == result["state"] == "RUNNING"  # enums read as their names
+    assert result["severity"] == "INVALID"
+    assert result["error"] is None
+    assert "UnableToConnectToPVException: Unable to connect to PV" in out.stderr
+    assert "No block with the name 'NOT_A_BLOCK' exists" in out.stderr
     assert result["plot_window"] == ""  # no plot served by this script
 
 

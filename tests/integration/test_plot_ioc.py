@@ -161,9 +161,10 @@ def test_autosave_reload_corrupt_rows_and_run_change(make_ioc, config_dir, instr
     data.parent.mkdir(parents=True)
     an_hour_ago = datetime.now() - timedelta(hours=1)
     good = [f"{an_hour_ago + timedelta(seconds=i)},{100.0 + i},200.0" for i in range(3)]
+    corrupt = an_hour_ago + timedelta(seconds=0.5)  # kept, with a gap for its corrupt point
     original = (
         "# run_number:00001000\n# Axes: time, Sample, Setpoint\n"
-        + "\n".join([good[0], "2021-01-15 15:33:58.7,18.9,1774sad21312asczx864.0", good[1]])
+        + "\n".join([good[0], f"{corrupt},18.9,1774sad21312asczx864.0", good[1]])
         + "\nnonsense\n"
         + good[2]
         + "\n"
@@ -175,8 +176,12 @@ def test_autosave_reload_corrupt_rows_and_run_change(make_ioc, config_dir, instr
     url = plot_url(ioc)
 
     log = lambda: ioc.get("BGRSCRPT_01:LOG", as_string=True) or ""  # noqa: E731
-    wait_for(lambda: "skipped 2 corrupt row(s)" in log(), 20, "the corrupt-row warning")
-    wait_for(lambda: "reloaded 3 rows of run 00001000" in log(), 20, "the reload message")
+    # As IBEX's loader: the row without a time goes; the corrupt point is a gap.
+    warning = "WARNING - Save file may be corrupted: "
+    bad_point = "1 data points could not be appended to the dataset: ['1774sad21312asczx864.0']"
+    wait_for(lambda: f"{warning}Invalid isoformat string: 'nonsense'" in log(), 20, "row")
+    wait_for(lambda: warning + bad_point in log(), 20, "the corrupt-point warning")
+    wait_for(lambda: "reloaded 4 rows of run 00001000" in log(), 20, "the reload message")
     assert "Error" not in log() and "Traceback" not in log()
     first = status(url)
     assert first["first_time"] == pytest.approx(an_hour_ago.timestamp(), abs=1e-3)

@@ -1,4 +1,5 @@
-"""The autosave file in IBEX's format: writing, reading back, corrupt rows skipped."""
+"""The autosave file in IBEX's format: writing, reading back; as IBEX's loader, a row whose
+time does not parse is skipped, a row with a gap or a corrupt point is kept with a gap."""
 
 from __future__ import annotations
 
@@ -50,21 +51,28 @@ def test_round_trip_keeps_times_values_and_gaps(tmp_path):
     assert not warnings
 
 
-def test_corrupt_rows_are_skipped_and_counted(tmp_path):
+def test_rows_with_gaps_or_corrupt_points_are_kept_with_gaps(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text(
         IBEX_FILE
-        + "2021-01-15 15:33:58.708184,18.97,17745444sad21312asczx864.0\n"  # bad number
-        + "not a time,1.0,2.0\n"
+        + "2021-01-15 15:33:58.708184,18.97,17745444sad21312asczx864.0\n"  # a corrupt point
+        + "not a time,1.0,2.0\n"  # no time: the row goes
         + "2021-01-15 15:34:06.721737,18.9\n"  # a value missing
         + "\x00\x00\x00\n"
-        + "2021-01-15 15:34:14.710416,23.37,17771368448.0\n"
+        + "2021-01-15 15:34:10,None,None\n"  # gaps as IBEX's plot writes them
+        + "2021-01-15 15:34:14.710416,23.37,17771368448.0,99\n"  # one too many
     )
     saved = autosave.read(path, 2)
-    assert saved.skipped == 4
-    assert saved.skipped_lines == [6, 7, 8, 9]
-    assert len(saved.times) == 4
-    assert saved.values[-1].tolist() == [23.37, 17771368448.0]
+    assert saved.skipped == 2
+    assert saved.skipped_lines == [7, 9]
+    assert saved.row_errors == [
+        "Invalid isoformat string: 'not a time'",
+        f"Invalid isoformat string: {chr(0) * 3!r}",
+    ]
+    assert saved.bad_points == ["17745444sad21312asczx864.0"]
+    assert len(saved.times) == 7
+    rows = [[None if math.isnan(v) else v for v in row] for row in saved.values.tolist()]
+    assert rows[3:] == [[18.97, None], [18.9, None], [None, None], [23.37, 17771368448.0]]
 
 
 def test_run_numbers_match_as_numbers():

@@ -85,7 +85,9 @@ async def test_ibex_script_registers_through_the_kit(tmp_path):
         listener.close()
     assert code == 0, err
     assert received == [{"READY": "1", "IOC_NAME": "BGRSCRPT_01"}]
-    assert json.loads(out.split(" ", 1)[1]) == {"BLOCK": "TEMP1", "LIMIT": "3"}
+    defined, macros = out.splitlines()
+    assert defined == "Defined macros: {'BLOCK': 'TEMP1', 'LIMIT': '3'}"  # as IBEX prints
+    assert json.loads(macros.split(" ", 1)[1]) == {"BLOCK": "TEMP1", "LIMIT": "3"}
     assert err == ""
 
 
@@ -94,7 +96,7 @@ async def test_ibex_script_runs_without_the_ioc(tmp_path):
     env["KIT_ROOT"] = str(kit_root())
     code, out, err = await run_script(IBEX_SCRIPT, env, tmp_path)
     assert code == 0, err
-    assert out == "macros {}\n"
+    assert out == "Defined macros: {}\nmacros {}\n"
     assert "register_ioc_start(BGRSCRPT_01): not registered" in err
 
 
@@ -132,6 +134,21 @@ def test_get_macro_values(helpers, monkeypatch):
     monkeypatch.setenv("MACROS", "[1]")
     with pytest.raises(ValueError):
         helpers.get_macro_values()
+
+
+def test_ibex_constants_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MYPVPREFIX", "IN:EMU:")
+    monkeypatch.setenv("ICPVARDIR", "/var/x")
+    path = kit_root() / "ISIS" / "inst_servers" / "master" / "server_common" / "helpers.py"
+    spec = importlib.util.spec_from_file_location("kit_helpers_env", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.CONTROL_SYSTEM_PREFIX == "IN:EMU:CS:"
+    assert module.MACROS["$(MYPVPREFIX)"] == "IN:EMU:"
+    assert module.MACROS["$(ICPVARDIR)"] == "/var/x"
+    assert (module.PVPREFIX_MACRO, module.BLOCK_PREFIX) == ("$(MYPVPREFIX)", "CS:SB:")
+    with pytest.raises(AttributeError):
+        module.not_there  # noqa: B018
 
 
 def test_kit_root_holds_the_shim():

@@ -4,7 +4,12 @@ end a script whose IOC died while starting it.
 The IOC puts this directory on ``PYTHONPATH`` for its scripts. Appending (rather
 than listing the compat directory on ``PYTHONPATH`` itself) means that a real
 ``genie_python`` or ``technique`` installation, anywhere on the normal path,
-is always found first. Any other ``sitecustomize`` this one shadows still runs.
+is always found first; ``BGRSCRPT_GENIE_PYTHON=kit`` makes ``genie_python``
+(only) the IOC's own even so. When a script imports ``matplotlib.pyplot``,
+``pyplot.plot_date`` (gone in matplotlib 3.11) is put back, as IBEX scripts call
+it; InstrumentScripts' plot module gets a data file under ``$ICPVARDIR``
+instead of ``C:\\Instrument``. Any other ``sitecustomize`` this one shadows still
+runs.
 """
 
 # Only modules Python has loaded already by now: this runs before every script
@@ -46,6 +51,51 @@ _compat = os.path.join(os.path.dirname(_here), "compat")
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 if _compat not in sys.path:
     sys.path.append(_compat)
+
+# Python's own path finder (importlib.machinery is not loaded yet: take it from the
+# import system itself).
+_path_finder = next((f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder"), None)
+
+
+class _ScriptImports:
+    """Finds ``genie_python`` in the compat directory when asked to (kit mode); after
+    ``matplotlib.pyplot`` or InstrumentScripts' plot module loads, puts right what
+    they assume (``bgrscrpt_ioc.plot.ibex_compat``)."""
+
+    kit_genie = os.environ.get("BGRSCRPT_GENIE_PYTHON", "") == "kit"
+    fixes = {
+        "matplotlib.pyplot": "restore_plot_date",
+        "technique.muon.background_plot": "local_save_file",
+    }
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "genie_python" and cls.kit_genie:
+            return _path_finder.find_spec(name, [_compat])
+        fix = cls.fixes.get(name)
+        if fix is None:
+            return None
+        spec = _path_finder.find_spec(name, path)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        load = loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            try:
+                from bgrscrpt_ioc.plot import ibex_compat
+
+                getattr(ibex_compat, fix)(module)
+            except Exception:  # a convenience: never the reason a module fails to import
+                pass
+
+        loader.exec_module = exec_module
+        return spec
+
+
+if _path_finder is not None:
+    sys.meta_path.insert(0, _ScriptImports)
 
 # Chain to the sitecustomize this one hides (e.g. a distribution's), if any.
 _this = sys.modules.pop(__name__)

@@ -1,6 +1,9 @@
-"""A small ``genie_python`` for background scripts run by bgrscrpt_ioc.
+"""genie_python for the background scripts bgrscrpt_ioc runs, where IBEX's is not installed.
 
-It is found only where the real genie_python is not installed: bgrscrpt_ioc puts
-this directory at the end of a script's ``sys.path``. ``genie`` offers the
-subset background scripts use (see ``genie.__all__``).
+bgrscrpt_ioc puts this directory at the end of a script's ``sys.path``, so a
+real genie_python wins (unless the IOC runs with
+``BGRSCRPT_GENIE_PYTHON=kit``). ``genie`` offers the commands background
+scripts use and answers as genie_python does; ``genie_cachannel_wrapper``,
+``genie_dae.DAE_PVS_LOOKUP`` and ``matplotlib_backend.ibex_websocket_backend``
+are there for InstrumentScripts' modules.
 """

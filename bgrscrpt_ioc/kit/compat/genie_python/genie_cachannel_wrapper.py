@@ -1,26 +1,53 @@
-"""Channel Access for the ``genie_python`` subset, on caproto's threading client.
+"""``CaChannelWrapper``: genie_python's Channel Access layer, on caproto's threading client.
 
-Scripts are plain synchronous Python, so calls block until the value arrives or
-the timeout passes. One caproto context and one channel per PV name are shared
-by the whole script (as a real genie_python keeps its channels open).
+It answers as genie_python's own wrapper (which sits on libca through
+CaChannel) does, so that code written against it reads the same values:
+
+- an enum, string or char PV always reads as text (``'RUNNING'``, ``'INVALID'``);
+- ``to_string=True`` reads any other PV as DBR_CHAR, converted by the server,
+  as genie_python does (``42.5`` reads ``'42'``): a faithful copy of its
+  behaviour, not a recommendation;
+- arrays come back as lists, or numpy arrays with ``use_numpy=True``;
+- a PV that does not connect within ``EXIST_TIMEOUT`` raises
+  ``UnableToConnectToPVException``; a string written to an enum must name one
+  of its states (``InvalidEnumStringException``); a write checks write access
+  and the record's ``DISP`` first (``WriteAccessException``).
+
+One caproto context and one channel per name serve the whole script, from any
+thread; a channel that drops reconnects by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import operator
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from genie_python.channel_access_exceptions import (
+    InvalidEnumStringException,
     ReadAccessException,
     UnableToConnectToPVException,
     WriteAccessException,
 )
+from genie_python.utilities import waveform_to_string
 
-DEFAULT_TIMEOUT = 5.0
+TIMEOUT = 15  # seconds for a read or write, as genie_python
+EXIST_TIMEOUT = 3  # seconds for a PV to connect, as genie_python
+MIN_CONNECT_WAIT = 0.1  # genie_python waits at least one 0.1 s poll, even with timeout 0
 
 _lock = threading.Lock()
 _context: Any = None
-_channels: dict[str, Any] = {}
+_pvs: dict[str, Any] = {}
+# caproto holds callbacks weakly: the monitors' subscriptions and callbacks live here.
+_monitors: dict[int, tuple[Any, ...]] = {}
+
+
+class CaChannelException(Exception):  # noqa: N818 - CaChannel's name
+    """A Channel Access failure below genie_python (CaChannel's exception class)."""
 
 
 def _ctx() -> Any:
@@ -29,122 +56,295 @@ def _ctx() -> Any:
         if _context is None:
             from bgrscrpt_ioc.ca.threading_client import Context
 
+            # genie_python's Channel Access is silent on the console (libca's messages
+            # go to its log file): caproto's tracebacks for a server that went away
+            # would fill the slot's LOG. A script that set caproto's level keeps it.
+            logger = logging.getLogger("caproto")
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.CRITICAL)
             _context = Context()
         return _context
 
 
-def channel(name: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """The connected caproto PV for ``name``; raises UnableToConnectToPVException."""
+def _pv(name: str) -> Any:
     with _lock:
-        pv = _channels.get(name)
+        pv = _pvs.get(name)
     if pv is None:
-        (pv,) = _ctx().get_pvs(name, timeout=timeout)
+        (pv,) = _ctx().get_pvs(name, timeout=TIMEOUT)
         with _lock:
-            pv = _channels.setdefault(name, pv)
-    try:
-        pv.wait_for_connection(timeout=timeout)
-    except TimeoutError:
-        raise UnableToConnectToPVException(name, "connection timed out") from None
+            pv = _pvs.setdefault(name, pv)
     return pv
 
 
-def _is_char_array(response: Any) -> bool:
-    from caproto import ChannelType
-
-    native = getattr(response.data_type, "name", "")
-    return ChannelType.CHAR.name in native and len(response.data) > 1
-
-
-def _to_python(response: Any, enum_strings: list[str] | None, to_string: bool) -> Any:
-    data = response.data
-    if _is_char_array(response):
-        return bytes(data).split(b"\0", 1)[0].decode("utf-8", "replace")
-    if len(data) == 1:
-        value = data[0]
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        elif hasattr(value, "item"):
-            value = value.item()
-        if enum_strings is not None and isinstance(value, int):
-            if to_string and 0 <= value < len(enum_strings):
-                return enum_strings[value]
-            return value
-        return str(value) if to_string else value
-    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in data]
-    return str(values) if to_string else values
-
-
-def read(name: str, timeout: float = DEFAULT_TIMEOUT, to_string: bool = False) -> dict:
-    """Value and metadata of ``name``: ``value``, ``severity`` (0..3), ``units``, ``timestamp``."""
-    from caproto import ChannelType
-
-    pv = channel(name, timeout)
+def _connected(name: str, timeout: float = EXIST_TIMEOUT) -> Any:
+    """The connected channel for ``name``; UnableToConnectToPVException after ``timeout``."""
+    pv = _pv(name)
+    if pv.connected:
+        return pv
     try:
-        control = pv.read(data_type="control", timeout=timeout)
-    except TimeoutError:
-        raise UnableToConnectToPVException(name, "read timed out") from None
-    except Exception as exc:  # caproto raises its own errors for denied reads
-        raise ReadAccessException(name) from exc
-    enum_strings = None
-    if pv.channel.native_data_type == ChannelType.ENUM:
-        enum_strings = [
-            s.decode("utf-8", "replace") if isinstance(s, bytes) else s
-            for s in getattr(control.metadata, "enum_strings", [])
-        ]
-    units = getattr(control.metadata, "units", b"")
-    if isinstance(units, bytes):
-        units = units.decode("utf-8", "replace")
-    return {
-        "value": _to_python(control, enum_strings, to_string),
-        "severity": int(getattr(control.metadata, "severity", 0)),
-        "units": units or "",
-    }
+        pv.wait_for_connection(timeout=max(float(timeout), MIN_CONNECT_WAIT))
+    except Exception:  # caproto's timeout (or a circuit that died meanwhile)
+        raise UnableToConnectToPVException(name, "Connection timeout (event)") from None
+    return pv
 
 
-def write(name: str, value: Any, wait: bool = False, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Write ``value`` to ``name`` (waiting for completion when ``wait``)."""
+def _types() -> Any:
     from caproto import ChannelType
 
-    pv = channel(name, timeout)
-    data_type = None
-    if isinstance(value, str):
-        if pv.channel.native_data_type == ChannelType.CHAR:
-            data: Any = list(value.encode("utf-8")) + [0]
-        else:
-            # As caput does: the server converts the string (an enum state, a number).
-            data, data_type = [value.encode("utf-8")], ChannelType.STRING
-    elif isinstance(value, list | tuple):
-        data = list(value)
-    else:
-        data = [value]
+    return ChannelType
+
+
+def _native(pv: Any) -> Any:
+    return pv.channel.native_data_type
+
+
+def _count(pv: Any) -> int:
+    return int(pv.channel.native_data_count)
+
+
+def _can(pv: Any, what: str) -> bool:
+    from caproto import AccessRights
+
+    right = AccessRights.READ if what == "read" else AccessRights.WRITE
+    return right in pv.channel.access_rights
+
+
+def _read(pv: Any, name: str, data_type: Any = None, timeout: float = TIMEOUT) -> Any:
     try:
-        pv.write(data, wait=wait, timeout=timeout, data_type=data_type)
-    except TimeoutError:
-        raise UnableToConnectToPVException(name, "write timed out") from None
+        return pv.read(data_type=data_type, timeout=timeout)
     except Exception as exc:
-        raise WriteAccessException(name) from exc
+        if not pv.connected:
+            raise UnableToConnectToPVException(name, "Connection timeout (event)") from None
+        raise CaChannelException(f"{name}: {exc}") from exc
+
+
+def _text(item: Any) -> str:
+    return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+
+
+def _scalar(item: Any) -> Any:
+    if isinstance(item, bytes):
+        return _text(item)
+    return item.item() if hasattr(item, "item") else item
+
+
+_INT_BITS = {"LONG": (32, True), "INT": (16, True), "ENUM": (16, False), "CHAR": (8, False)}
+
+
+def _c_integer(item: Any, bits: int, signed: bool) -> int:
+    """``item`` as CaChannel writes it to a C integer of this width: an int (or anything
+    with ``__index__``) in the type's range as it is; anything else (a float, a
+    string, a number out of range) as 0."""
+    if isinstance(item, float | str | bytes):
+        return 0
+    try:
+        number = operator.index(item)
+    except TypeError:
+        return 0
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return number if low <= number <= high else 0
+
+
+def _c_double(item: Any) -> float:
+    if isinstance(item, str | bytes):
+        return 0.0
+    try:
+        return float(item)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _as_libca_sends(value: Any, pv: Any) -> tuple[list[Any], Any]:
+    """What CaChannel puts for ``value`` on this channel, and the CA type to send it as.
+
+    CaChannel converts in C to the channel's native type before the server sees
+    anything: a string becomes a number only as a lone value written to a
+    floating-point PV (``float("12.5")``; an unparsable one raises ValueError); any
+    other value of the wrong kind, or an integer outside the type's range, is
+    written as 0 (or an empty string). At most the channel's element count is sent.
+    The same happens here, so a script writes on this IOC what it writes on IBEX.
+    """
+    ct = _types()
+    native, count = _native(pv), max(1, _count(pv))
+    if isinstance(value, str) and native == ct.CHAR:
+        raw = list(value.encode("utf-8"))[: count - 1] + [0]
+        return raw, None
+    lone = not isinstance(value, list | tuple) and not hasattr(value, "tolist")
+    items = [value] if lone else list(value.tolist() if hasattr(value, "tolist") else value)
+    if native == ct.STRING:
+        return [i if isinstance(i, bytes) else i.encode("utf-8") if isinstance(i, str) else b""
+                for i in items[:count]], None  # fmt: skip
+    if native in (ct.DOUBLE, ct.FLOAT):
+        if lone:
+            return [float(value)], None  # raises as CaChannel does for "abc"
+        return [_c_double(i) for i in items[:count]], None
+    bits, signed = _INT_BITS.get(native.name, (32, True))
+    return [_c_integer(i, bits, signed) for i in items[:count]], None
 
 
 class CaChannelWrapper:
-    """The class-method interface of genie_python's wrapper that scripts sometimes use."""
+    """genie_python's Channel Access wrapper: class methods only, as the original."""
+
+    error_log_func: Callable[[str], None] | None = None
 
     @staticmethod
-    def get_pv_value(name: str, to_string: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        return read(name, timeout, to_string)["value"]
+    def get_pv_value(
+        name: str, to_string: bool = False, timeout: float = TIMEOUT, use_numpy: bool | None = None
+    ) -> Any:
+        """The value of ``name`` (see the module's notes for the types)."""
+        pv = _connected(name)
+        if not _can(pv, "read"):
+            raise ReadAccessException(name)
+        ct = _types()
+        native = _native(pv)
+        textual = native in (ct.ENUM, ct.CHAR, ct.STRING)
+        if textual or to_string:
+            as_string = native in (ct.ENUM, ct.STRING)
+            data = _read(pv, name, ct.STRING if as_string else ct.CHAR, timeout).data
+            items = [_text(d) for d in data] if as_string else [int(d) for d in data]
+            if _count(pv) > 1:
+                return waveform_to_string(items)
+            return str(items[0]) if items else ""
+        response = _read(pv, name, None, timeout)
+        data = response.data
+        if _count(pv) == 1 and len(data) >= 1:
+            return _scalar(data[0])
+        if use_numpy:
+            import numpy as np
+
+            array = np.asarray(data)
+            return array.astype(array.dtype.newbyteorder("="))
+        return [_scalar(d) for d in data]
+
+    @staticmethod
+    def get_pv_timestamp(name: str, timeout: float = TIMEOUT) -> tuple[int, int]:
+        """When ``name`` was last processed: (seconds, nanoseconds) since the EPICS epoch."""
+        pv = _connected(name)
+        if not _can(pv, "read"):
+            raise ReadAccessException(name)
+        stamp = _read(pv, name, "time", timeout).metadata.stamp
+        return int(stamp.secondsSinceEpoch), int(stamp.nanoSeconds)
 
     @staticmethod
     def set_pv_value(
-        name: str, value: Any, wait: bool = False, timeout: float = DEFAULT_TIMEOUT
+        name: str,
+        value: Any,
+        wait: bool = False,
+        timeout: float = TIMEOUT,
+        safe_not_quick: bool = True,
     ) -> None:
-        write(name, value, wait=wait, timeout=timeout)
+        """Write ``value``; with ``wait``, until the server says the put has completed."""
+        pv = _connected(name)
+        value = CaChannelWrapper.check_for_enum_value(value, pv, name)
+        if not _can(pv, "write"):
+            raise WriteAccessException(name)
+        if safe_not_quick:
+            CaChannelWrapper._check_for_disp(name)
+        data, data_type = _as_libca_sends(value, pv)
+        try:
+            if wait:
+                pv.write(data, wait=True, timeout=None, data_type=data_type)
+            else:
+                pv.write(data, wait=False, notify=False, data_type=data_type)
+        except Exception as exc:  # genie_python logs a refused put and carries on
+            if not pv.connected:
+                raise UnableToConnectToPVException(name, "Connection timeout (event)") from None
+            CaChannelWrapper.logError(f"put to {name} failed: {exc}")
 
     @staticmethod
-    def pv_exists(name: str, timeout: float = 2.0) -> bool:
+    def _check_for_disp(name: str) -> None:
+        """A record whose DISP is set refuses puts from CA clients: say so before writing."""
+        if ".DISP" in name:
+            return
+        base = name.split(".")[0] if "." in name else name
+        disp = f"{base}.DISP"
+        if CaChannelWrapper.pv_exists(disp, 0) and CaChannelWrapper.get_pv_value(disp) != "0":
+            raise WriteAccessException(f"{base} (DISP is set)")
+
+    @staticmethod
+    def check_for_enum_value(value: Any, chan: Any, name: str) -> Any:
+        """A string written to an enum PV becomes its state's index (any case), or raises."""
+        ct = _types()
+        if _native(chan) != ct.ENUM or not isinstance(value, str):
+            return value
+        control = _read(chan, name, ct.CTRL_ENUM)
+        states = tuple(_text(s) for s in getattr(control.metadata, "enum_strings", ()))
+        for index, state in enumerate(states):
+            if state.lower() == value.lower():
+                return index
+        raise InvalidEnumStringException(name, states)
+
+    @staticmethod
+    def pv_exists(name: str, timeout: float = EXIST_TIMEOUT) -> bool:
+        """True when ``name`` connects within ``timeout`` seconds."""
         try:
-            channel(name, timeout)
+            _connected(name, timeout)
         except UnableToConnectToPVException:
             return False
         return True
 
+    @staticmethod
+    def add_monitor(
+        name: str,
+        call_back_function: Callable[[Any, Any, Any], None],
+        link_alarm_on_disconnect: bool = True,
+        to_string: bool = False,
+        use_numpy: bool | None = None,
+    ) -> Callable[[], None]:
+        """Call ``call_back_function(value, severity, status)`` on every update of ``name``.
 
-CaChannelException = UnableToConnectToPVException
+        An enum updates with its state's name. With ``link_alarm_on_disconnect`` a
+        disconnection calls back with the last value and INVALID severity.
+        Returns the function that ends the monitor.
+        """
+        pv = _connected(name)
+        if not _can(pv, "read"):
+            raise ReadAccessException(name)
+        ct = _types()
+        as_string = _native(pv) in (ct.ENUM, ct.STRING)
+        last: list[Any] = [None]
+
+        def on_update(sub: Any, response: Any) -> None:
+            data = response.data
+            if as_string:
+                value: Any = _text(data[0]) if len(data) else ""
+            elif len(data) == 1:
+                value = _scalar(data[0])
+            else:
+                value = [_scalar(d) for d in data]
+            if to_string:
+                value = waveform_to_string(value) if isinstance(value, list) else str(value)
+            last[0] = value
+            call_back_function(value, int(response.metadata.severity), response.metadata.status)
+
+        def on_connection(_pv: Any, state: str) -> None:
+            if state == "disconnected" and link_alarm_on_disconnect:
+                call_back_function(last[0], 3, 14)  # INVALID, LINK
+
+        sub = pv.subscribe(data_type=ct.TIME_STRING if as_string else "time")
+        token = sub.add_callback(on_update)
+        link_token = pv.connection_state_callback.add_callback(on_connection)
+        key = id(sub)
+        with _lock:
+            _monitors[key] = (sub, on_update, on_connection)
+
+        def clear() -> None:
+            sub.remove_callback(token)
+            pv.connection_state_callback.remove_callback(link_token)
+            with _lock:
+                _monitors.pop(key, None)
+
+        return clear
+
+    @staticmethod
+    def poll() -> None:
+        """Nothing to flush: caproto sends at once (kept for scripts that call it)."""
+
+    @staticmethod
+    def logError(message: str) -> None:  # noqa: N802 - genie_python's name
+        """Where genie_python logs a Channel Access error; here, one line on stderr."""
+        if CaChannelWrapper.error_log_func is not None:
+            with contextlib.suppress(Exception):  # a logger must never break the script
+                CaChannelWrapper.error_log_func(message)
+        else:
+            print(f"CAERROR: {message}", file=sys.stderr, flush=True)

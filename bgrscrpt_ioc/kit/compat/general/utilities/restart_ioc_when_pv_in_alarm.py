@@ -8,17 +8,19 @@ Usage, unchanged from an instrument::
     ...
     thread.stop()
 
-Every ``wait_for_polling`` seconds the block's value is read; when it is one of
+Every ``wait_for_polling`` seconds the block's value is read as ``cget`` reads
+it (an enum as its state's name, e.g. ``"FAULT"``); when it is one of
 ``error_states`` each IOC gets ``$(P)CS:PS:<IOC>:RESTART 1`` (IBEX's
 procServControl), then the thread waits ``wait_between_restarts``. Unlike the
 original, a block that does not answer is said clearly on stderr (once, and
-again when it comes back) instead of silently ending the thread. For restarts
-that are verified, backed off and locked out, use a ``[[watch]]`` entry of the
-IOC instead.
+again when it comes back) instead of ending the thread. For restarts that are
+verified, backed off and locked out, use a ``[[watch]]`` entry of the IOC
+instead.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Iterable
@@ -38,6 +40,8 @@ class StoppableThread(threading.Thread):
 
     def stopped(self) -> bool:
         return self._stop_event.is_set()
+
+    _stopped = stopped  # the original's name
 
     def wait_or_stop(self, seconds: float) -> bool:
         """Wait ``seconds``; True when stop() was called meanwhile."""
@@ -68,17 +72,11 @@ def restart_ioc_when_pv_in_alarm(
 
 
 def _is_error(value: object, error_states: list[object]) -> bool:
-    text = str(value).strip()
-    for state in error_states:
-        if text == str(state).strip():
-            return True
-        if isinstance(state, int | float) and not isinstance(state, bool):
-            try:
-                if float(text) == float(state):
-                    return True
-            except ValueError:
-                pass
-    return False
+    # As the original: the value as cget gives it, compared with ``in``.
+    try:
+        return value in error_states
+    except Exception:  # an odd value (an array) is no error state
+        return False
 
 
 def _say(text: str) -> None:
@@ -94,18 +92,24 @@ def _poll_and_restart(
 ) -> None:
     # Imported here: the script chooses its genie_python (real or the IOC's) first.
     from genie_python import genie as g
+    from genie_python.genie_cachannel_wrapper import CaChannelWrapper
 
     thread = threading.current_thread()
     assert isinstance(thread, StoppableThread)
     missing = False
     while not thread.stopped():
+        # The block's PV as cget reads it (in capitals), without cget's traceback on
+        # every poll when the block is missing; the IOC's prefix when the script has
+        # not called set_instrument.
+        prefix = g.prefix_pv_name("") or os.environ.get("MYPVPREFIX", "")
+        pv = prefix + BLOCK_PREFIX + block.upper()
         try:
-            value = g.get_pv(BLOCK_PREFIX + block, to_string=True, is_local=True)
-        except Exception as exc:  # any genie_python failure: say so and keep watching
+            value = CaChannelWrapper.get_pv_value(pv)
+        except Exception as exc:  # any Channel Access failure: say so and keep watching
             if not missing:
                 _say(
-                    f"block {block} ({g.prefix_pv_name(BLOCK_PREFIX + block)}) does not answer: "
-                    f"{exc}; is it in the configuration? Still watching for it."
+                    f"block {block} ({pv}) does not answer: {exc}; is it in the "
+                    "configuration? Still watching for it."
                 )
                 missing = True
         else:
@@ -116,7 +120,7 @@ def _poll_and_restart(
                 for ioc in iocs:
                     print(f"Restarting {ioc}", flush=True)
                     try:
-                        g.set_pv(f"CS:PS:{ioc}:RESTART", 1, is_local=True)
+                        CaChannelWrapper.set_pv_value(f"{prefix}CS:PS:{ioc}:RESTART", 1)
                     except Exception as exc:
                         _say(f"cannot restart {ioc}: {exc}")
                 if thread.wait_or_stop(wait_between_restarts):

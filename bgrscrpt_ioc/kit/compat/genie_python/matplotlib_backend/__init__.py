@@ -1,0 +1,1 @@
+"""genie_python's matplotlib backend for scripts: ``ibex_websocket_backend``."""
