@@ -15,11 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from caproto.asyncio.server import start_server
-
-from bgrscrpt_ioc.ca import caproto_fixes
 from bgrscrpt_ioc.ca.access import apply_access
 from bgrscrpt_ioc.ca.pvdb import build_pvdb
+from bgrscrpt_ioc.ca.server import serve
 from bgrscrpt_ioc.recovery.service import WatchService
 from bgrscrpt_ioc.settings import Settings
 from bgrscrpt_ioc.state_db import StateDB, VarDirLock
@@ -244,8 +242,7 @@ async def run_ioc(options: IocOptions) -> int:
             loop.add_signal_handler(signum, stop_requested.set)
 
         quiet_beacon_failures()
-        caproto_fixes.install()
-        server = asyncio.create_task(start_server(pvdb, interfaces=options.interfaces))
+        server = asyncio.create_task(serve(pvdb, options.interfaces))
         tasks += [
             server,
             asyncio.create_task(publisher.run()),
