@@ -178,8 +178,13 @@ class FlowCircuit(_asyncio_server.VirtualCircuit):
 
     # ---- monitor updates ----------------------------------------------------------
 
-    def offer(self, sub_spec: Any, sub: Any, metadata: Any, values: Any, flags: int) -> None:
-        """Take an update for ``sub`` (one of ours) from the server; never waits."""
+    def offer(
+        self, sub_spec: Any, sub: Any, metadata: Any, values: Any, flags: int, size: int
+    ) -> None:
+        """Take an update for ``sub`` (one of ours) from the server; never waits.
+
+        ``size`` is :func:`wire_size` of ``values``, computed once per update by the caller.
+        """
         if not self.connected:
             return
         dbnd = sub.channel_filter.dbnd
@@ -194,7 +199,7 @@ class FlowCircuit(_asyncio_server.VirtualCircuit):
             if tracked is None:
                 return
             self.context.last_dead_band[sub] = tracked
-        self._sender.offer(sub.subscriptionid, (sub_spec, sub, metadata, values), wire_size(values))
+        self._sender.offer(sub.subscriptionid, (sub_spec, sub, metadata, values), size)
 
     @staticmethod
     def _filtered(sub_spec: Any, sub: Any, values: Any) -> Any:

@@ -89,10 +89,13 @@ class CoalescingSender:
             return
         self._waiting.offer(key, item, size)
         if self.behind_since is not None:
-            reason = self._bound.verdict(self.behind_since, self.waiting_bytes(), self._clock())
-            if reason is not None:
-                self._give_up(reason)
-                return
+            # Only the bytes bound here (this runs for every update of every
+            # subscription): the time bound is wait_writable's timer.
+            waiting = self._waiting.waiting_bytes + self._transport.get_write_buffer_size()
+            if waiting > self._bound.max_bytes:
+                reason = self._bound.verdict(self.behind_since, waiting, self._clock())
+                self._give_up(reason or f"{waiting} bytes waiting for it")
+            return  # the sender is waiting for room, not for updates
         if not self._paused:
             self._wake.set()
 

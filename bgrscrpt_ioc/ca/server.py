@@ -31,7 +31,7 @@ import caproto as ca
 from caproto.asyncio import server as _asyncio_server
 from caproto.server.common import DisconnectedCircuit
 
-from .circuit import FlowCircuit
+from .circuit import FlowCircuit, wire_size
 from .client_faults import ClientFaults
 from .limits import ServerLimits, server_limits
 from .sender import HIGH_WATER, LOW_WATER
@@ -75,24 +75,28 @@ class FlowContext(_asyncio_server.Context):
         """Nothing to run: updates are routed as they are published (:meth:`route`)."""
 
     def route(self, update: Any) -> None:
-        """Hand one published update to each circuit subscribed to it; never waits."""
-        sub_specs, metadata, values, flags, sub = update
-        if sub is not None:  # the first update of a new subscription, for it alone
-            self._offer(sub, sub_specs[0], metadata, values, flags)
-            return
-        for sub_spec in sub_specs:
-            subs = self.subscriptions.get(sub_spec)
-            if subs:
-                for one in tuple(subs):
-                    self._offer(one, sub_spec, metadata, values, flags)
+        """Hand one published update to each circuit subscribed to it; never waits.
 
-    def _offer(self, sub: Any, sub_spec: Any, metadata: Any, values: Any, flags: int) -> None:
-        try:
-            sub.circuit.offer(sub_spec, sub, metadata, values, flags)
-        except Exception:  # a bug: it must not stop the publication for the others
-            self._route_failures += 1
-            if self._route_failures == 1:
-                log.exception("a monitor update could not be queued; dropped (not repeated)")
+        This runs for every update of every subscription, inside the publication:
+        kept lean on purpose.
+        """
+        sub_specs, metadata, values, flags, sub = update
+        size = wire_size(values)
+        if sub is not None:  # the first update of a new subscription, for it alone
+            targets: Any = ((sub_specs[0], sub),)
+        else:
+            targets = (
+                (sub_spec, one)
+                for sub_spec in sub_specs
+                for one in tuple(self.subscriptions.get(sub_spec, ()))
+            )
+        for sub_spec, one in targets:
+            try:
+                one.circuit.offer(sub_spec, one, metadata, values, flags, size)
+            except Exception:  # a bug: it must not stop the publication for the others
+                self._route_failures += 1
+                if self._route_failures == 1:
+                    log.exception("a monitor update could not be queued; dropped (not repeated)")
 
     async def tcp_handler(self, client: Any, addr: tuple[str, int] | None) -> None:
         """Serve one client's circuit until it ends, then end it here and only here."""
