@@ -334,6 +334,12 @@ class FlowCircuit(_asyncio_server.VirtualCircuit):
             except LoopExit:
                 self.close()
                 raise DisconnectedCircuit() from None
+            except ca.CaprotoError as exc:
+                # caproto's protocol state refused our reply: the state the client's
+                # requests left behind does not allow it. Nothing more to say to it.
+                self.fault("protocol", f"no reply possible to {type(command).__name__} ({exc})")
+                self.close()
+                raise DisconnectedCircuit() from None
 
     async def _command_queue_iteration(self, command: Any) -> list[Any] | None:
         """caproto's handling of one request, with the client's faults kept to one line."""

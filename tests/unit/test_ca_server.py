@@ -640,3 +640,48 @@ async def test_one_cancellation_ends_the_server_and_every_circuit_while_updates_
             await publisher
             for client in readers:
                 client.close()
+
+
+async def test_a_client_that_never_reads_its_replies_is_dropped_and_delays_nobody(
+    monkeypatch, caplog
+):
+    """Its requests wait in its own socket (the circuit stops reading while a reply
+    cannot go out), not in the IOC; past the bound it is disconnected."""
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("EPICS_CAS_SLOW_CLIENT_TMO", "0.5")
+    group = Served(prefix())
+    stop = asyncio.Event()
+    async with ca_server(group.pvdb, monkeypatch) as served:
+        publisher = asyncio.create_task(publish(group, stop))
+        watcher = await asyncio.to_thread(Watcher, served.port, group.beat.pvname)
+        watcher.start()
+
+        def greedy() -> int:
+            client = RawClient(served.port, name="greedy")
+            chan = client.channel(group.blob.pvname)
+            sent = 0
+            client.sock.settimeout(10)
+            try:
+                while sent < 200_000:  # 4 kB replies: 800 MB if nothing stopped it
+                    batch = [chan.read(ioid=client.next_ioid()) for _ in range(500)]
+                    client.send(*batch)
+                    sent += len(batch)
+            except OSError:  # the IOC hung up (or stopped reading for 10 s)
+                pass
+            finally:
+                client.close()
+            return sent
+
+        try:
+            t0 = time.monotonic()
+            sent = await asyncio.to_thread(greedy)
+            assert sent < 200_000
+            await until(lambda: len(served.context.circuits) == 1, "the greedy client's end")
+            assert len(watcher.since(t0)) >= 5
+        finally:
+            stop.set()
+            await publisher
+            watcher.close()
+    lines = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
+    assert len(lines) == 1 and "greedy-user" in lines[0], lines
+    assert problems(caplog) == []
