@@ -656,7 +656,7 @@ async def test_a_client_that_never_reads_its_replies_is_dropped_and_delays_nobod
         watcher = await asyncio.to_thread(Watcher, served.port, group.beat.pvname)
         watcher.start()
 
-        def greedy() -> int:
+        def greedy() -> RawClient:
             client = RawClient(served.port, name="greedy")
             chan = client.channel(group.blob.pvname)
             sent = 0
@@ -668,16 +668,17 @@ async def test_a_client_that_never_reads_its_replies_is_dropped_and_delays_nobod
                     sent += len(batch)
             except OSError:  # the IOC hung up (or stopped reading for 10 s)
                 pass
-            finally:
-                client.close()
-            return sent
+            return client  # still open, and still not reading
 
+        client = None
         try:
             t0 = time.monotonic()
-            await asyncio.to_thread(greedy)
+            client = await asyncio.to_thread(greedy)
             await until(lambda: len(served.context.circuits) == 1, "the greedy client's end")
             assert len(watcher.since(t0)) >= 5
         finally:
+            if client is not None:
+                client.close()
             stop.set()
             await publisher
             watcher.close()
