@@ -26,6 +26,7 @@ changes at the IOC's LOG rate (4 Hz), and HEARTBEAT beats once a second.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -75,30 +76,44 @@ def camonitor_binary() -> Path:
 
 def client_main(names: list[str]) -> int:
     """Monitor ``names``; print ``ready``, then, when stdin closes, one JSON line:
-    [[receive wall time, latency s, pv index, value or None], ...]."""
-    import epics
+    [[receive wall time, latency s, pv index, value or None], ...].
+
+    Channels and subscriptions are made with pyepics' ``ca`` calls, one after the
+    other: ``epics.PV`` with a monitor now and then never subscribed (a race in
+    pyepics between a fast connection and the PV's set-up, seen with old and new
+    IOC alike), and such a client would wait for ever.
+    """
+    from epics import ca
 
     lock = threading.Lock()
     samples: list[list[Any]] = []
     seen: set[int] = set()
 
-    def on_update(pvname: str = "", value: Any = None, timestamp: float = 0.0, **_kw: Any) -> None:
+    def on_update(index: int, value: Any = None, timestamp: float = 0.0, **_kw: Any) -> None:
         now = time.time()
-        index = names.index(pvname)
         with lock:
             seen.add(index)
             heartbeat = int(value) if index == 0 else None
             samples.append([now, now - timestamp, index, heartbeat])
 
-    pvs = [epics.PV(n, auto_monitor=True, form="time", callback=on_update) for n in names]
+    chids = [ca.create_channel(name, connect=False, auto_cb=False) for name in names]
+    for name, chid in zip(names, chids, strict=True):
+        if not ca.connect_channel(chid, timeout=30):
+            print(f"not ready: {name} did not connect", flush=True)
+            os._exit(1)
+    subscriptions = [
+        ca.create_subscription(chid, use_time=True, callback=functools.partial(on_update, i))
+        for i, chid in enumerate(chids)
+    ]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(seen) < len(names):
         time.sleep(0.05)
-    print("ready" if len(seen) == len(names) else "not ready", flush=True)
+    missing = [name for i, name in enumerate(names) if i not in seen]
+    print("ready" if not missing else f"not ready: no update of {', '.join(missing)}", flush=True)
     sys.stdin.read()
     with lock:
         print(json.dumps(samples), flush=True)
-    del pvs
+    del subscriptions
     os._exit(0)
 
 

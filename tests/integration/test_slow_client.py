@@ -31,6 +31,7 @@ from pathlib import Path
 import epics
 import psutil
 import pytest
+from epics import ca
 
 from tests.integration.conftest import write_script
 from tests.integration.harness import Ioc, wait_for
@@ -63,13 +64,20 @@ def camonitor_binary() -> Path:
 
 
 class Beats:
-    """A libca monitor of the IOC's HEARTBEAT: every value, when it came."""
+    """A libca monitor of the IOC's HEARTBEAT: every value, when it came.
+
+    Made with pyepics' ``ca`` calls: ``epics.PV`` with a monitor now and then
+    never subscribes (a race in pyepics between a fast connection and the PV's
+    set-up).
+    """
 
     def __init__(self, pvname: str) -> None:
         self.seen: list[tuple[float, int]] = []
         self._lock = threading.Lock()
-        self.pv = epics.PV(pvname, auto_monitor=True, callback=self._on)
-        assert self.pv.wait_for_connection(10), pvname
+        self.chid = ca.create_channel(pvname, connect=False, auto_cb=False)
+        assert ca.connect_channel(self.chid, timeout=10), pvname
+        self.subscription = ca.create_subscription(self.chid, callback=self._on)
+        wait_for(lambda: self.seen, 10, f"the first update of {pvname}")
 
     def _on(self, value=None, **_kw) -> None:
         with self._lock:
@@ -91,8 +99,8 @@ class Beats:
         wait_for(lambda: len(self.seen) >= start + count, timeout, "more heartbeats")
 
     def close(self) -> None:
-        self.pv.clear_callbacks()
-        self.pv.disconnect()
+        ca.clear_subscription(self.subscription[2])
+        ca.clear_channel(self.chid)
 
 
 class Camonitor:
