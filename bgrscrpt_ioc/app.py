@@ -29,8 +29,7 @@ from bgrscrpt_ioc.supervisor.runner import SlotRunner
 
 log = logging.getLogger("bgrscrpt_ioc")
 
-# PV updates go out at most this often: bounds CPU under an output flood and
-# avoids caproto 1.3.0's "deque mutated during iteration" under subscriber churn.
+# PV updates go out at most this often: bounds CPU under an output flood.
 PUBLISH_INTERVAL = 0.05
 # LOG is the one PV that can change on every publication (a script printing
 # non-stop); at 4 Hz it stays live for people and cheap for 50 subscribers.
