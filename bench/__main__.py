@@ -20,7 +20,7 @@ CORE_FIGURES = ("start_latency", "ca_roundtrip", "load", "footprint")
 CORE_PORTS = 6  # one per server: 1 + 2 + 1 + 2
 # Figures of later parts of the IOC, each a module ``bench.<name>`` with NAME,
 # PORTS, run(workdir, pool) -> dict, summary_rows(result) and section(result).
-PLUGINS: tuple[str, ...] = ("plot", "recovery", "accounting")
+PLUGINS: tuple[str, ...] = ("plot", "recovery", "accounting", "stopped_client")
 # Ports are reserved before any module imports epics, so each plugin gets a budget.
 PLUGIN_PORTS = 48
 FIGURES = CORE_FIGURES + PLUGINS

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from bgrscrpt_ioc import __version__
+from bgrscrpt_ioc.ca.limits import ServerSetupError, check_server_setup
 from bgrscrpt_ioc.settings import SettingsError, load_settings, slot_name
 from bgrscrpt_ioc.var_dir import VarDirUnusable, check_var_dir
 
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if not 1 <= args.slots <= 99:
             raise UsageError("--slots must be between 1 and 99")
+        check_server_setup()  # the caproto version and the CA server's limits
         if args.list_pvs:
             return _list_pvs(args)
         if args.config_dir is not None:
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             check_var_dir(var_dir)  # before logging starts: one line, exit 2
         except VarDirUnusable as exc:
             raise UsageError(f"--var-dir: {exc}") from None
-    except (UsageError, SettingsError) as exc:
+    except (UsageError, SettingsError, ServerSetupError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
 

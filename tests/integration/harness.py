@@ -56,10 +56,12 @@ class Ioc:
         self.log_path = var_dir.parent / f"ioc-{port}-{int(time.time() * 1000)}.out"
 
     def command(self) -> list[str]:
+        # BGRSCRPT_STOCK_CAPROTO=1: caproto's plain server, to see a caproto-fix test fail.
+        stock = os.environ.get("BGRSCRPT_STOCK_CAPROTO") == "1"
         return [
             sys.executable,
             "-m",
-            "bgrscrpt_ioc",
+            "tests.stock_caproto_ioc" if stock else "bgrscrpt_ioc",
             "--prefix",
             self.prefix,
             "--config-dir",

@@ -8,7 +8,7 @@ LOG, MSG and HEARTBEAT of a slot whose script prints without pause and drops
 them with a TCP reset (some before the first update, some in the middle of the
 stream), while caproto threading contexts are created and disconnected beside
 them. Afterwards the IOC must still answer, publish and supervise, and its log
-must hold no traceback. (Without the fix in bgrscrpt_ioc/ca/caproto_fixes.py,
+must hold no traceback. (Without the circuit of bgrscrpt_ioc/ca/circuit.py,
 caproto logs "await wasn't used with future" tracebacks here: a reset client
 makes its circuit's subscription task cancel and await itself.)
 
@@ -35,7 +35,7 @@ MAX_RAW_CLIENTS = 800
 MAX_CONTEXTS = 60
 EXTRA_LOG_SUBSCRIPTIONS = 4
 """Each raw client subscribes to LOG this many more times: more bytes in flight at the
-reset, which is what makes caproto 1.3's disconnect race (see ca/caproto_fixes.py) show."""
+reset, which is what makes caproto 1.3's disconnect race (see ca/circuit.py) show."""
 
 CHATTY_SCRIPT = """
 import itertools, time

@@ -1,7 +1,13 @@
 """A caproto server in the test's own event loop, and a libca client run against it.
 
-For tests of the PV layer and of caproto's fixes that want a real Channel Access
-client (pyepics, in a process of its own) without starting a whole IOC.
+For tests of the PV layer and of the CA server (``bgrscrpt_ioc.ca.server``) that
+want a real Channel Access client (pyepics, in a process of its own) without
+starting a whole IOC.
+
+The server is the IOC's own (:class:`~bgrscrpt_ioc.ca.server.FlowContext`). With
+``BGRSCRPT_STOCK_CAPROTO=1`` in the environment it is caproto's plain asyncio
+``Context`` instead: each test of a caproto fix must then fail, which is how to
+check that it proves the fix.
 """
 
 from __future__ import annotations
@@ -14,15 +20,19 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from caproto.asyncio.server import start_server
+from caproto.asyncio.server import Context as StockContext
 
+from bgrscrpt_ioc.ca.server import FlowContext
 from bgrscrpt_ioc.epics_base import free_ca_port
 
 ROOT = Path(__file__).resolve().parents[2]
+STOCK = os.environ.get("BGRSCRPT_STOCK_CAPROTO") == "1"
+"""Serve with caproto's plain Context (to see the caproto-fix tests fail)."""
 
 
 async def _wait_listening(port: int, server: asyncio.Task, timeout: float = 10.0) -> None:
@@ -41,15 +51,20 @@ async def _wait_listening(port: int, server: asyncio.Task, timeout: float = 10.0
     raise TimeoutError(f"no CA server on port {port}")
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    pvdb: dict[str, Any], monkeypatch: pytest.MonkeyPatch, context: Any = None
-) -> AsyncIterator[tuple[dict[str, str], asyncio.Task]]:
-    """Serve ``pvdb`` on a loopback port of its own; yields (CA environment, server task).
+@dataclass
+class Served:
+    env: dict[str, str]
+    """The CA environment a client needs to find the server."""
+    task: asyncio.Task
+    context: Any
+    port: int
 
-    ``context``: the server's ``Context`` class (default: caproto's own, through
-    ``start_server``), e.g. the IOC's ``bgrscrpt_ioc.app.IocContext``.
-    """
+
+@contextlib.asynccontextmanager
+async def ca_server(
+    pvdb: dict[str, Any], monkeypatch: pytest.MonkeyPatch, context_class: Any = None
+) -> AsyncIterator[Served]:
+    """Serve ``pvdb`` on a loopback port of its own until the block ends."""
     port = free_ca_port()
     # Beacons go to a socket of ours: to the CA repeater port, with no repeater
     # running, each one is refused and logged with a traceback.
@@ -67,18 +82,32 @@ async def serving(
     }
     for key, value in ca_env.items():
         monkeypatch.setenv(key, value)
-    if context is None:
-        server = asyncio.create_task(start_server(pvdb, interfaces=["127.0.0.1"]))
-    else:
-        server = asyncio.create_task(context(pvdb, ["127.0.0.1"]).run())
+    if context_class is None:
+        context_class = StockContext if STOCK else FlowContext
+    context = context_class(pvdb, ["127.0.0.1"])
+    server = asyncio.create_task(context.run())
     try:
         await _wait_listening(port, server)
-        yield ca_env, server
+        yield Served(env=ca_env, task=server, context=context, port=port)
     finally:
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
         beacon_sink.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    pvdb: dict[str, Any], monkeypatch: pytest.MonkeyPatch, context: Any = None
+) -> AsyncIterator[tuple[dict[str, str], asyncio.Task]]:
+    """Serve ``pvdb`` on a loopback port of its own; yields (CA environment, server task).
+
+    ``context``: the server's ``Context`` class (default: the flow-controlled
+    ``FlowContext``, or caproto's own with ``BGRSCRPT_STOCK_CAPROTO=1``), e.g. the
+    IOC's ``bgrscrpt_ioc.ca.server.IocContext``.
+    """
+    async with ca_server(pvdb, monkeypatch, context_class=context) as served:
+        yield served.env, served.task
 
 
 async def run_client(

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from bgrscrpt_ioc.app import IocContext
-from bgrscrpt_ioc.ca import caproto_fixes
 from bgrscrpt_ioc.ca.pvdb import build_pvdb
+from bgrscrpt_ioc.ca.server import IocContext
 from bgrscrpt_ioc.ca.slot_pvs import TEXT_LIMITS, SlotView, char_waveform_text
 from bgrscrpt_ioc.ca.watch_pvs import MSG_LIMIT, WatchView, build_watch_pvs, names_text
 from bgrscrpt_ioc.epics_base import base_ioc_environment, free_ca_port, free_loopback_port
@@ -308,7 +307,6 @@ def _value_undefined(name: str, dbr_type: int, base: dict) -> bool:
 
 
 async def test_every_pv_and_field_reads_as_epics_base_reads_it(base_ioc, monkeypatch):
-    caproto_fixes.install()
     pvdb = our_pvdb(OURS)
     names = [name.removeprefix(OURS) for name in pvdb if "." not in name]
     async with serving(pvdb, monkeypatch, context=IocContext) as (ca_env, _):

@@ -16,8 +16,7 @@ import sys
 import pytest
 from caproto import ChannelType
 
-from bgrscrpt_ioc.app import IocContext
-from bgrscrpt_ioc.ca import caproto_fixes
+from bgrscrpt_ioc.ca.server import IocContext
 from bgrscrpt_ioc.ca.watch_pvs import WatchView, build_watch_pvs
 from bgrscrpt_ioc.core.dbr import Refused
 from tests.unit.ca_server import ROOT, serving
@@ -71,7 +70,6 @@ print(json.dumps(seen), flush=True)
 
 
 async def test_a_monitor_whose_new_value_base_refuses_does_not_stop_the_others(monkeypatch, caplog):
-    caproto_fixes.install()
     watches = _watch("M:")
     name = "M:BGRSCRPT:WATCH:W:LAST_RESTART"
     async with serving(watches.pvdb, monkeypatch, context=IocContext) as (ca_env, server):

@@ -1,0 +1,247 @@
+"""How a circuit carries out a client's requests: in order, in the task that read them.
+
+Mixed into :class:`~bgrscrpt_ioc.ca.circuit.FlowCircuit`; what it changes in
+caproto 1.3's asyncio circuit, and why:
+
+* **Every request in the TCP handler, in order, as rsrv does.** caproto passes
+  each request through a queue to a task of its own (a trip round the event
+  loop per request) and starts another task per put. Here the task that reads
+  the socket carries the request out and sends the reply; while a reply waits
+  for a slow client, the circuit reads nothing more from it, so its backlog of
+  requests is bounded by one read. A put is answered before the monitor
+  updates it causes are built: they are built by the sender's task, after.
+* **Bounded input.** A message whose header claims more than
+  ``EPICS_CA_MAX_ARRAY_BYTES`` (plus header room, as EPICS base), or names a
+  command no client sends, closes the circuit as soon as the header is read,
+  before its payload is waited for or buffered.
+* **Quiet under abuse.** Whatever a client sends that is wrong costs one log
+  line (:mod:`bgrscrpt_ioc.ca.client_faults`), never a traceback; a bug of this
+  IOC keeps its traceback.
+* **Subscriptions kept straight.** caproto's ClearChannel compared a channel
+  with a number and so never ended the channel's subscriptions; a subscription
+  whose first read failed stayed behind and failed every publication after;
+  a subscription id used twice broke the first subscription's updates.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import caproto as ca
+from caproto import CaprotoNetworkError
+from caproto._utils import CaprotoConversionError
+from caproto.server.common import DisconnectedCircuit, LoopExit
+
+from bgrscrpt_ioc.core.ca_frames import Oversized
+
+from .client_faults import is_client_fault, log, one_line, reason_of
+
+READ_SIZE = 16384
+"""Bytes read from a client at a time (EPICS base's MAX_TCP): what bounds its request backlog."""
+REQUESTS = frozenset(
+    cls.ID
+    for name, cls in vars(ca).items()
+    if isinstance(cls, type) and issubclass(cls, ca.Message) and name.endswith("Request")
+    if cls.ID is not None
+)
+"""The command ids a client may send."""
+
+
+class RequestHandling:
+    """The request side of :class:`~bgrscrpt_ioc.ca.circuit.FlowCircuit` (a mixin).
+
+    Uses the circuit's ``client``, ``circuit``, ``connected``, ``_frames``,
+    ``_sender``, ``_live_ids``, ``fault``, ``close`` and ``_cull_subscriptions``.
+    """
+
+    # Provided by FlowCircuit and caproto's circuit.
+    client: Any
+    circuit: Any
+    connected: bool
+    events_on: Any
+    client_hostname: str | None
+    client_username: str | None
+    _frames: Any
+    _sender: Any
+    _live_ids: set[int]
+    _closed: bool
+
+    if TYPE_CHECKING:
+
+        def fault(self, kind: str, message: str) -> bool: ...
+        def close(self) -> None: ...
+        async def _cull_subscriptions(self, db_entry: Any, func: Any) -> tuple[Any, ...]: ...
+
+    async def recv(self) -> None:
+        """Read from the client and carry out every complete request, in order.
+
+        Raises DisconnectedCircuit when the circuit is over.
+        """
+        try:
+            data = await self.client.recv(READ_SIZE)
+        except (OSError, CaprotoNetworkError):
+            data = b""
+        if not data or self._closed:
+            raise DisconnectedCircuit()
+        refused = self._frames.feed(data)
+        if isinstance(refused, Oversized):
+            self.fault(
+                "oversized",
+                f"sent a message of {refused.message_bytes} bytes (command "
+                f"{refused.command}), more than the {refused.limit} this server takes "
+                "(EPICS_CA_MAX_ARRAY_BYTES); closed",
+            )
+        elif refused is not None:
+            self.fault(
+                "protocol",
+                f"sent what is not Channel Access (command {refused.command:#06x}); closed",
+            )
+        if refused is not None:
+            self.close()
+            raise DisconnectedCircuit()
+        try:
+            commands, _ = self.circuit.recv(data)
+        except Exception as exc:  # whatever the bytes were, they were not Channel Access
+            self.fault("protocol", f"sent what is not Channel Access ({reason_of(exc)}); closed")
+            self.close()
+            raise DisconnectedCircuit() from None
+        for command in commands:
+            try:
+                response = await self._command_queue_iteration(command)
+                if response:
+                    await self.send(*response)
+            except LoopExit:
+                self.close()
+                raise DisconnectedCircuit() from None
+            except ca.CaprotoError as exc:
+                # caproto's protocol state refused our reply: the state the client's
+                # requests left behind does not allow it. Nothing more to say to it.
+                self.fault("protocol", f"no reply possible to {type(command).__name__} ({exc})")
+                self.close()
+                raise DisconnectedCircuit() from None
+
+    async def _command_queue_iteration(self, command: Any) -> list[Any] | None:
+        """caproto's handling of one request, with the client's faults kept to one line."""
+        if isinstance(command, ca.EventAddRequest) and command.subscriptionid in self._live_ids:
+            # caproto's protocol state keeps one subscription per id: a second one
+            # would take the first one's place there, and its updates would fail.
+            self.fault("protocol", f"subscription id {command.subscriptionid} used twice; refused")
+            return self._refusal(command, ca.CAStatus.ECA_BADMONID, "subscription id in use")
+        try:
+            self.circuit.process_command(command)
+        except Exception as exc:  # the protocol's state machine refused the request
+            cid = self._cid_of(command)
+            if cid is not None and isinstance(exc, ca.RemoteProtocolError):
+                self.fault("protocol", f"{one_line(exc)}; its channel {cid} was disconnected")
+                return [ca.ServerDisconnResponse(cid=cid)]
+            self.fault("protocol", f"broke the protocol ({reason_of(exc)}); closed")
+            raise LoopExit("protocol error") from None
+        if command is ca.DISCONNECTED:
+            raise DisconnectedCircuit()
+        try:
+            return await self._process_command(command)  # type: ignore[no-any-return]
+        except DisconnectedCircuit:
+            raise
+        except Exception as exc:
+            if not self.connected:
+                raise LoopExit("closed while the request was carried out") from None
+            return self._refuse(command, exc)
+
+    def _refuse(self, command: Any, exc: Exception) -> list[Any]:
+        """The error reply to a request that failed, logged in one line or, for a bug, in full."""
+        name = self._name_of(command)
+        what = f"{type(command).__name__} of {name}"
+        if is_client_fault(exc):
+            self.fault("request", f"{what} refused: {reason_of(exc)}")
+        else:
+            log.error("%s from %s failed", what, self.circuit.address, exc_info=exc)
+        if isinstance(exc, CaprotoConversionError):
+            status = ca.CAStatus.ECA_NOCONVERT
+        else:
+            status = ca.CAStatus.ECA_INTERNAL
+        return self._refusal(command, status, reason_of(exc))
+
+    def _refusal(self, command: Any, status: Any, message: str) -> list[Any]:
+        cid = self._cid_of(command)
+        if cid is None:
+            return []
+        return [ca.ErrorResponse(command, cid, status=status, error_message=message)]
+
+    def _cid_of(self, command: Any) -> int | None:
+        try:
+            cid, _ = self._get_ids_from_command(command)
+        except Exception:  # an id the client never had
+            return None
+        return cid  # type: ignore[no-any-return]
+
+    def _name_of(self, command: Any) -> str:
+        try:
+            return str(self.circuit.channels_sid[command.sid].name)
+        except Exception:  # no such channel, or no sid in this request
+            return "?"
+
+    async def _process_command(self, command: Any) -> list[Any]:
+        if isinstance(command, ca.WriteRequest | ca.WriteNotifyRequest):
+            return await self._write(command)
+        if isinstance(command, ca.EventsOffRequest):
+            # The client cannot keep up: send nothing until EventsOn, keep the latest.
+            self.events_on.clear()
+            self._sender.pause()
+            return []
+        if isinstance(command, ca.EventsOnRequest):
+            self.events_on.set()
+            self._sender.resume()
+            return []
+        if isinstance(command, ca.ClearChannelRequest):
+            # caproto culls with ``sub.channel == command.sid``, a channel object
+            # against a number: never true, so the channel's subscriptions stayed,
+            # and their updates were sent for a channel the client had cleared.
+            await self._cull_subscriptions(None, lambda sub: sub.channel.sid == command.sid)
+        if isinstance(command, ca.EventAddRequest):
+            try:
+                response = await super()._process_command(command)
+                self._live_ids.add(command.subscriptionid)
+                return response  # type: ignore[no-any-return]
+            except Exception:
+                # caproto records the subscription before its first read: a failed
+                # read must not leave it there, failing every publication after.
+                await self._cull_subscriptions(
+                    None, lambda sub: sub.subscriptionid == command.subscriptionid
+                )
+                raise
+        return await super()._process_command(command)  # type: ignore[no-any-return]
+
+    async def _write(self, command: Any) -> list[Any]:
+        """A put, carried out now; its reply goes out before the updates it causes."""
+        chan, db_entry = self._get_db_entry_from_command(command)
+        try:
+            status = await db_entry.auth_write(
+                self.client_hostname,
+                self.client_username,
+                command.data,
+                command.data_type,
+                command.metadata,
+                user_address=self.circuit.address,
+            )
+        except Exception as exc:
+            if is_client_fault(exc):
+                self.fault("put", f"put to {chan.name} refused: {reason_of(exc)}")
+            else:
+                log.error("a put to %s failed", chan.name, exc_info=exc)
+            return [
+                ca.ErrorResponse(
+                    command,
+                    chan.cid,
+                    status=ca.CAStatus.ECA_PUTFAIL,
+                    error_message=reason_of(exc),
+                )
+            ]
+        if isinstance(command, ca.WriteNotifyRequest):
+            return [
+                chan.write(
+                    ioid=command.ioid,
+                    status=True if status is None else status,
+                    data_count=db_entry.length,
+                )
+            ]
+        return []
