@@ -48,6 +48,10 @@ class _VerifyBeforeWrite:
 
     ``ChannelData.write`` runs them inside a ``try`` whose ``except`` writes a
     WRITE/MAJOR alarm; a rejected put must leave value *and* alarm alone.
+
+    A putter's controller (a slot runner, a watch) refuses a put by raising
+    ValueError, its text saying why: that reaches the client as PutRejected, the
+    server's sign of a refusal rather than a bug.
     """
 
     async def write(self, value: Any, *, verify_value: bool = True, **kwargs: Any) -> None:
@@ -57,6 +61,10 @@ class _VerifyBeforeWrite:
                 checked = await self.verify_value(value)  # type: ignore[attr-defined]
             except SkipWrite:
                 return
+            except PutRejected:
+                raise
+            except ValueError as exc:
+                raise PutRejected(str(exc)) from None
             if checked is SkipWrite:
                 return
             if checked is not None:
