@@ -32,8 +32,9 @@ demo: $(VENV)/.installed
 system-deps:
 	@bash .ci/system-deps
 
+# Two workers; worksteal so the slow integration tests spread over both.
 test: $(VENV)/.installed system-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 bench: $(VENV)/.installed system-deps
 	$(PY) -m bench

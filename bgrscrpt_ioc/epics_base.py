@@ -9,6 +9,7 @@ otherwise listen on every interface on the default pvAccess ports.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,20 @@ def _ephemeral_ports() -> range:
     return range(low, high + 1)
 
 
+PORT_SHARD_VAR = "BGRSCRPT_PORT_SHARD"
+"""``N/M``: pick only ports ``p`` with ``p % M == N``. Test runs in parallel processes
+(one shard each) then never pick the same port, even one not yet bound."""
+
+
+def _port_shard() -> tuple[int, int]:
+    shard, _, shards = os.environ.get(PORT_SHARD_VAR, "0/1").partition("/")
+    try:
+        n, m = int(shard), int(shards)
+    except ValueError:
+        return 0, 1
+    return (n, m) if 0 <= n < m else (0, 1)
+
+
 def free_ca_port(avoid: Iterable[int] = ()) -> int:
     """A port free for both TCP and UDP on 127.0.0.1 (CA uses both), for a CA server
     that clients will find through ``EPICS_CA_ADDR_LIST``.
@@ -43,7 +58,12 @@ def free_ca_port(avoid: Iterable[int] = ()) -> int:
     """
     avoid = set(avoid)
     ephemeral = _ephemeral_ports()
-    candidates = [p for p in range(10000, 65536) if p not in ephemeral and p not in avoid]
+    shard, shards = _port_shard()
+    candidates = [
+        p
+        for p in range(10000, 65536)
+        if p not in ephemeral and p not in avoid and p % shards == shard
+    ]
     while True:
         port = random.choice(candidates)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bgrscrpt_ioc.epics_base import free_ca_port
+from bgrscrpt_ioc.epics_base import PORT_SHARD_VAR, free_ca_port
 
 POOL_SIZE = 48
 TEST_TAG_VAR = "BGRSCRPT_TEST_TAG"
@@ -31,6 +31,11 @@ def _free_port() -> int:
 
 
 def pytest_configure(config):
+    # Parallel workers (pytest-xdist) each pick ports of their own shard.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        os.environ[PORT_SHARD_VAR] = f"{int(worker[2:])}/{count}"
     ports = []
     while len(ports) < POOL_SIZE:
         port = _free_port()

@@ -80,6 +80,11 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
         self._ready = threading.Event()
         self._tags: dict[str, Any] = {}
         self.connected_at: float | None = None
+        # Taken both to join PVs to this circuit and to end it: a PV joins a live
+        # circuit (and its end takes the PV along) or finds it ended (and goes
+        # back to the search itself), never both and never neither.
+        self.membership = threading.Lock()
+        self.ended = False
         if circuit.states[ca.SERVER] is not ca.IDLE:
             raise ca.CaprotoRuntimeError(f"Cannot connect. States are {circuit.states}")
         try:
@@ -121,19 +126,27 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             )
 
     def _disconnected(self, *, reconnect: bool = True) -> None:
-        if self.dead.is_set():
-            return
+        with self.membership:
+            if self.ended or self.dead.is_set():
+                return
+            self.ended = True
+            keys = [(chan.name, chan.circuit.priority) for chan in self.channels.values()]
         lived = None if self.connected_at is None else time.monotonic() - self.connected_at
-        keys = [(chan.name, chan.circuit.priority) for chan in self.channels.values()]
         if self.connected:
             # Ended without an EOF (given up on): let the circuit's and channels'
             # states say so, as an EOF would.
             self.circuit.process_command(ca.DISCONNECTED)
         super()._disconnected(reconnect=False)
         context: Context = self.context
-        if reconnect and keys and not context.closing:
+        if reconnect and not context.closing:
+            # Counted even with no channels yet: a circuit reset before its PVs
+            # joined it sends them back through _connect_found, which waits the
+            # delay counted here (uncounted, a server that drops every circuit
+            # at once would be retried in a tight loop).
             delay = context.retry.ended(self.circuit.address, lived)
-            if delay > 0:
+            if not keys:
+                pass
+            elif delay > 0:
                 context.reconnect_later(keys, delay)
             else:
                 context.reconnect(keys)
@@ -171,7 +184,7 @@ class Context(_stock.Context):
         """As caproto's, with this module's circuit manager; raises if it cannot connect."""
         with self._lock_during_get_circuit_manager:
             cm = self.circuit_managers.get((address, priority), None)
-            if cm is None or cm.dead.is_set():
+            if cm is None or cm.ended or cm.dead.is_set():
                 version = self.broadcaster.server_protocol_versions[address]
                 circuit = ca.VirtualCircuit(
                     our_role=ca.CLIENT, address=address, priority=priority, protocol_version=version
@@ -215,34 +228,39 @@ class Context(_stock.Context):
                 pvs = self.pvs_needing_circuits.pop(name, set())
             for pv in pvs:
                 if pv.priority not in failed:
+                    before = self.retry.failures(address)
                     try:
                         cm = self.get_circuit_manager(address, pv.priority)
                     except (OSError, ca.CaprotoError) as exc:
-                        first = not self.retry.failures(address)
                         log.log(
-                            logging.INFO if first else logging.DEBUG,
+                            logging.INFO if not before else logging.DEBUG,
                             "circuit to %s:%d failed: %s",
                             *address,
                             exc,
                         )
-                        self.retry.ended(address, None)
+                        if self.retry.failures(address) == before:
+                            # Not yet counted by the circuit's own end (a reset
+                            # during the handshake is): count it once.
+                            self.retry.ended(address, None)
                         failed.add(pv.priority)
                 if pv.priority in failed:
                     retry.append((pv.name, pv.priority))
                     continue
-                cid = cm.circuit.new_channel_id()
-                chan = ca.ClientChannel(name, cm.circuit, cid=cid)
-                pv.circuit_manager = cm
-                cm.channels[cid] = chan
-                cm.pvs[cid] = pv
+                with cm.membership:
+                    if cm.ended:
+                        # It ended before this PV joined it: its end did not take it along.
+                        retry.append((pv.name, pv.priority))
+                        continue
+                    cid = cm.circuit.new_channel_id()
+                    chan = ca.ClientChannel(name, cm.circuit, cid=cid)
+                    pv.circuit_manager = cm
+                    cm.channels[cid] = chan
+                    cm.pvs[cid] = pv
                 grouped[cm].append(chan)
                 pv.circuit_ready.set()
         for cm, channels in grouped.items():
             # An OSError: the circuit is dying, and its end sends these PVs back to the search.
             with contextlib.suppress(OSError):
                 cm.send(*(chan.create() for chan in channels))
-            if cm.dead.is_set():
-                # It died before these PVs joined it: its end did not take them along.
-                retry.extend((chan.name, chan.circuit.priority) for chan in channels)
         if retry:
             self.reconnect_later(retry, self.retry.delay(address))

@@ -17,7 +17,7 @@ from enum import IntEnum
 
 
 class SlotState(IntEnum):
-    """The STATUS mbbi, in the order of its enum strings (SPEC.md)."""
+    """The STATUS mbbi, in the order of its enum strings (README, "PVs")."""
 
     STOPPED = 0
     STARTING = 1

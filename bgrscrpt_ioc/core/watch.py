@@ -24,7 +24,7 @@ from enum import IntEnum
 
 
 class WatchState(IntEnum):
-    """STATE of a watch; the order is the PV's enum order (SPEC.md)."""
+    """STATE of a watch; the order is the PV's enum order (README, "Alarm recovery")."""
 
     DISABLED = 0
     OK = 1
@@ -61,7 +61,7 @@ CONNECT_GRACE = 5.0
 
 @dataclass(frozen=True)
 class WatchPolicy:
-    """The numbers of one ``[[watch]]`` entry (SPEC.md)."""
+    """The numbers of one ``[[watch]]`` entry (README, "Alarm recovery")."""
 
     severity: int = Level.INVALID  # 1..3
     disconnected: bool = True

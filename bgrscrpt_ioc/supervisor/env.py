@@ -1,4 +1,4 @@
-"""The environment a script runs in (SPEC.md, "What a script sees")."""
+"""The environment a script runs in (README, "What a script sees")."""
 
 from __future__ import annotations
 

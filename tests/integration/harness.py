@@ -112,8 +112,16 @@ class Ioc:
         return f"{self.prefix}{suffix}"
 
     def get(self, suffix: str, timeout: float = 2.0, **kw: Any) -> Any:
-        """A fresh read from the IOC (not pyepics' cached monitor value)."""
+        """A fresh read from the IOC (not pyepics' cached monitor value).
+
+        A fresh text read also asks for the server's current length (count 0):
+        pyepics otherwise asks for as many elements as its monitor last delivered,
+        so a longer MSG read just before its monitor update arrives comes back cut
+        to the previous message's length. (Only for text: pyepics slices a numeric
+        array to ``count`` after the read, and ``[:0]`` is empty.)"""
         kw.setdefault("use_monitor", False)
+        if not kw["use_monitor"] and kw.get("as_string"):
+            kw.setdefault("count", 0)
         return epics.caget(self.pv(suffix), timeout=timeout, **kw)
 
     def put(self, suffix: str, value: Any, wait: bool = True, timeout: float = 5.0) -> Any:

@@ -90,6 +90,8 @@ class DemoProcess:
 
 def caget(name: str, **kw):
     kw.setdefault("timeout", 2.0)
+    if kw.get("as_string"):
+        kw.setdefault("count", 0)  # the current length, as harness.Ioc.get explains
     return epics.caget(name, use_monitor=False, **kw)
 
 

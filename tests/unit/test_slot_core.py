@@ -124,7 +124,7 @@ def test_autorestart_enum_and_labels() -> None:
         ("ALWAYS", 2, "Always"),
     ]
     assert AUTORESTART_LABELS == ("Off", "On failure", "Always")
-    assert new_slot().autorestart is AR.ON_FAILURE  # SPEC default
+    assert new_slot().autorestart is AR.ON_FAILURE  # the documented default
 
 
 def test_set_autorestart_accepts_the_mbbo_index() -> None:
@@ -492,7 +492,7 @@ def test_exit_while_starting_is_a_failed_start(
 
 
 def test_clean_exit_within_startsecs_is_a_failed_start() -> None:
-    # SPEC: a run that dies within startsecs is a failed start and goes to BACKOFF,
+    # As documented: a run that dies within startsecs is a failed start and goes to BACKOFF,
     # even with AUTORESTART=On failure and exit code 0.
     slot = new_slot(autorestart=AR.ON_FAILURE)
     launch(slot)
