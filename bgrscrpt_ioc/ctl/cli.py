@@ -161,10 +161,17 @@ def _status(client: Client, args: argparse.Namespace, style: Style) -> int:
     slots: list[SlotRow] = [commands.read_slot(client, s) for s in slot_names]
     watches: list[WatchRow] = [commands.read_watch(client, name) for name in watch_names]
 
+    lag = ""
+    if ioc.loop_lag is not None:
+        lag = f", loop lag {float(ioc.loop_lag.value):.1f} ms"
+        if ioc.loop_lag.severity:
+            lag += f" ({ioc.loop_lag.severity_name})"
     print(
         style.bold(f"IOC {client.prefix or '(no prefix)'}")
-        + f"  version {ioc.version}, up {_uptime(ioc.uptime)}"
+        + f"  version {ioc.version}, up {_uptime(ioc.uptime)}{lag}"
     )
+    if ioc.msg:
+        print(f"  {ioc.msg}")
     if slots:
         rows = [["SLOT", "STATUS", "PID", "UPTIME", "STARTS", "CPU", "MEMORY", "PROCS", "MESSAGE"]]
         for s in slots:
@@ -186,7 +193,7 @@ def _status(client: Client, args: argparse.Namespace, style: Style) -> int:
                 [w.name, w.state, w.alarm, w.enable, str(w.restarts), w.last_restart or "-", w.msg]
             )
         print("\n".join(_table(rows, style, {1, 2})))
-    return 3 if commands.needs_attention(slots, watches) else 0
+    return 3 if commands.needs_attention(slots, watches, ioc) else 0
 
 
 def _log(client: Client, args: argparse.Namespace, style: Style) -> int:

@@ -16,7 +16,7 @@ from enum import Enum
 from bgrscrpt_ioc.ca.pvdb import IOC_GROUP
 from bgrscrpt_ioc.ca.watch_pvs import WATCH_GROUP
 
-from .ca import CaError, Client, wait_until
+from .ca import CaError, Client, Reading, wait_until
 from .logtail import log_lines, new_lines
 
 MAX_SLOTS = 99
@@ -127,6 +127,10 @@ def find_slots(client: Client) -> list[str]:
 class IocRow:
     version: str
     uptime: int
+    msg: str = ""
+    """BGRSCRPT:MSG, the IOC's own problems in words ("" from an IOC that has none)."""
+    loop_lag: Reading | None = None
+    """BGRSCRPT:LOOP_LAG in ms with its alarm; None from an IOC that does not measure it."""
 
 
 @dataclass
@@ -162,9 +166,14 @@ class WatchRow:
 
 
 def read_ioc(client: Client) -> IocRow:
-    return IocRow(
+    row = IocRow(
         str(client.value(f"{IOC_GROUP}:VERSION")), int(client.value(f"{IOC_GROUP}:UPTIME"))
     )
+    # An older IOC serves neither: its row has no health to show.
+    if client.connected(f"{IOC_GROUP}:LOOP_LAG", timeout=0.5):
+        row.msg = str(client.value(f"{IOC_GROUP}:MSG"))
+        row.loop_lag = client.read(f"{IOC_GROUP}:LOOP_LAG")
+    return row
 
 
 def read_slot(client: Client, slot: str) -> SlotRow:
@@ -207,10 +216,16 @@ def read_watch(client: Client, name: str) -> WatchRow:
     )
 
 
-def needs_attention(slots: list[SlotRow], watches: list[WatchRow]) -> bool:
-    """True when a slot is down on its own or a watch could not recover its IOC."""
-    return any(s.status in DOWN_STATES for s in slots) or any(
-        w.state in ("FAILED", "LOCKOUT") for w in watches
+def needs_attention(
+    slots: list[SlotRow], watches: list[WatchRow], ioc: IocRow | None = None
+) -> bool:
+    """True when a slot is down on its own, a watch could not recover its IOC, or the
+    IOC's own loop runs late enough to be in alarm."""
+    late = ioc is not None and ioc.loop_lag is not None and ioc.loop_lag.severity > 0
+    return (
+        late
+        or any(s.status in DOWN_STATES for s in slots)
+        or any(w.state in ("FAILED", "LOCKOUT") for w in watches)
     )
 
 

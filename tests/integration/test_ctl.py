@@ -77,6 +77,8 @@ def test_status_stop_start_restart(two_slots: Ioc):
     p = ("--prefix", ioc.prefix)
     result = run_ctl(*p, "status")
     assert result.returncode == 0, result.stderr
+    # The IOC's own line: how late its loop runs, in no alarm (exit 0).
+    assert re.search(r", loop lag \d+\.\d ms$", result.stdout.splitlines()[0]), result.stdout
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:]}
     assert rows["BGRSCRPT_01"][1] == "RUNNING"
     assert rows["BGRSCRPT_01"][2] == str(ioc.get("BGRSCRPT_01:PID"))

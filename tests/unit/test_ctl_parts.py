@@ -8,7 +8,15 @@ import queue
 
 import pytest
 
-from bgrscrpt_ioc.ctl.commands import Link, follow_log, slot_name, watches_to_show
+from bgrscrpt_ioc.ctl.ca import Reading
+from bgrscrpt_ioc.ctl.commands import (
+    IocRow,
+    Link,
+    follow_log,
+    needs_attention,
+    slot_name,
+    watches_to_show,
+)
 from bgrscrpt_ioc.ctl.logtail import log_lines, new_lines
 from bgrscrpt_ioc.ctl.style import Style, use_colour
 
@@ -127,3 +135,18 @@ def test_colour_only_where_wanted(monkeypatch):
     assert not use_colour(FakeTty(), "auto")
     assert Style(True).state("FATAL", 8) == "\033[31mFATAL   \033[0m"
     assert Style(False).state("FATAL", 8) == "FATAL   "
+
+
+@pytest.mark.parametrize(
+    ("loop_lag", "attention"),
+    [
+        (None, False),  # an older IOC, which does not measure it
+        (Reading(3.0, 0), False),
+        (Reading(250.0, 1), True),  # MINOR: at or above loop_lag_high
+        (Reading(1500.0, 2), True),
+    ],
+)
+def test_status_needs_attention_when_the_ioc_loop_lag_is_in_alarm(loop_lag, attention):
+    ioc = IocRow("1.0", 10, "", loop_lag)
+    assert needs_attention([], [], ioc) is attention
+    assert needs_attention([], []) is False  # no IOC row: slots and watches alone
