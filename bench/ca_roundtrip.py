@@ -38,6 +38,7 @@ from .common import (
     median,
     percentile,
     ratio,
+    shown_path,
     tcp_nodelay_of,
 )
 
@@ -123,7 +124,7 @@ def _measure(ioc_prefix: str, base_prefix: str) -> dict:
                 got = _timed(getattr(clients[who], kind), PER_ROUND)
                 samples[who][kind] += got
                 round_p50[who][kind].append(percentile(got, 50))
-    return {"samples": samples, "round_p50": round_p50, "libca": epics.ca.libca._name}
+    return {"samples": samples, "round_p50": round_p50, "libca": shown_path(epics.ca.libca._name)}
 
 
 def _measure_in_child(client: str, ioc_prefix: str, base_prefix: str) -> dict:

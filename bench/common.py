@@ -32,6 +32,18 @@ TAG_VAR = "BGRSCRPT_BENCH_TAG"
 STARTUP_TIMEOUT = 30.0
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as the report shows it: relative to the repository or to the
+    installation (``site-packages/...``), never this machine's absolute layout."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(REPO) and ".venv" not in resolved.relative_to(REPO).parts:
+        return str(resolved.relative_to(REPO))
+    parts = resolved.parts
+    if "site-packages" in parts:
+        return str(Path(*parts[parts.index("site-packages") :]))
+    return resolved.name
+
+
 # ---- ports and the CA environment ------------------------------------------
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from .common import BaseIoc, BgrIoc, ca_get, median, ratio
+from .common import BaseIoc, BgrIoc, ca_get, median, ratio, shown_path
 
 SETTLE_S = 3.0
 MEASURE_S = 30.0
@@ -92,7 +92,7 @@ def run(workdir: Path, ioc_port: int, base_port: int, ioc_prefix: str, base_pref
             script_pids.add(int(ca_get(ioc.pv(f"{slot}:PID"))))
         helpers = [c for c in proc.children() if c.pid not in script_pids]
         ioc_result = _sample(proc, helpers)
-        ioc_result["helpers"] = [" ".join(h.cmdline()[-1:]) for h in helpers]
+        ioc_result["helpers"] = [_program(h.cmdline()) for h in helpers]
     ioc_result["stopped_cleanly"] = ioc.stopped_cleanly
 
     base = BaseIoc(workdir / "base", port=base_port, prefix=base_prefix)
@@ -114,3 +114,13 @@ def run(workdir: Path, ioc_port: int, base_port: int, ioc_prefix: str, base_pref
     result["cpu_met"] = ioc_result["cpu_pct"] <= GOAL_CPU_PCT
     result["met"] = result["rss_met"] and result["cpu_met"]
     return result
+
+
+def _program(cmdline: list[str]) -> str:
+    """What a helper process runs: its Python file (or ``-m`` module), else its command."""
+    for i, arg in enumerate(cmdline):
+        if arg.endswith(".py"):
+            return shown_path(arg)
+        if arg == "-m" and i + 1 < len(cmdline):
+            return cmdline[i + 1]
+    return Path(cmdline[0]).name if cmdline else "?"
