@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         size = f"{screen.width},{screen.height}"
         chromium(page.as_uri(), args.out / "status.png", size, 1000)
     if plot_url:
-        chromium(plot_url, args.out / "demo_plot.png", "900,650", 8000)
+        chromium(plot_url, args.out / "demo_plot.png", "900,650", 20000)  # a busy machine draws late
     return 0
 
 
