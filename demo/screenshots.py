@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         size = f"{screen.width},{screen.height}"
         chromium(page.as_uri(), args.out / "status.png", size, 1000)
     if plot_url:
-        chromium(plot_url, args.out / "demo_plot.png", "900,650", 20000)  # a busy machine draws late
+        # 20 s: on a busy machine the page draws late.
+        chromium(plot_url, args.out / "demo_plot.png", "900,650", 20000)
     return 0
 
 
