@@ -137,7 +137,7 @@ def _micro(workdir: Path, mechanism: str) -> dict:
         guardian.attach(loop)
         script = workdir / "micro_script.py"
         script.write_text(WITH_CHILD)
-        proc = ScriptProcess.spawn(
+        proc = await ScriptProcess.spawn(
             [sys.executable, str(script)],
             slot="BGRSCRPT_02",
             guardian=guardian,

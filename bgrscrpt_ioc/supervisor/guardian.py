@@ -39,6 +39,15 @@ _REPLY_TIMEOUT = 5.0
 _CLOSE_TIMEOUT = 10.0
 
 
+@dataclass
+class _Start:
+    """A spawn request the keeper has not answered yet."""
+
+    slot: str
+    future: asyncio.Future[int]
+    on_exit: Callable[[int], None]
+
+
 @dataclass(frozen=True)
 class KeeperConfig:
     """What the keeper must know: the IOC's instance id (for the slot marker) and,
@@ -68,6 +77,10 @@ class Guardian:
         self._closing = False
         self._requests = 0
         self._unanswered: dict[int, float] = {}  # request id -> when it must be answered
+        self._starting: dict[int, _Start] = {}  # spawn request id -> its waiting caller
+        # Started, but spawn() has not returned it yet: an exit is held until it has.
+        self._unclaimed: set[int] = set()
+        self._held_exits: dict[int, int] = {}
 
     @property
     def pid(self) -> int | None:
@@ -117,7 +130,7 @@ class Guardian:
         if self._sock is not None:
             loop.add_reader(self._sock.fileno(), self._readable)
 
-    def spawn(
+    async def spawn(
         self,
         slot: str,
         argv: list[str],
@@ -129,33 +142,40 @@ class Guardian:
     ) -> int:
         """Have the keeper start ``argv`` for ``slot`` with stdout and stderr on ``out_fd``;
         return its pid. ``on_exit(returncode)`` is called once it has exited and the rest
-        of its slot has been killed. Raises OSError (as exec would) when it cannot start."""
-        sock = self._sock
-        if sock is None:
+        of its slot has been killed, never before this has returned. Raises OSError (as
+        exec would) when it cannot start.
+
+        The event loop runs on while the keeper starts it. A keeper that does not answer
+        within ``reply_timeout`` is replaced (OSError here). Cancelled while waiting, the
+        run is not wanted: if the keeper starts it anyway, it is killed at once.
+        """
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
             raise OSError("the IOC's keeper is not running")
-        request = {"op": "spawn", "slot": slot, "argv": argv, "cwd": cwd, "env": env}
+        self._requests += 1
+        rid = self._requests
+        request = {"op": "spawn", "id": rid, "slot": slot, "argv": argv, "cwd": cwd, "env": env}
         payload = json.dumps(request).encode()
         if len(payload) > MAX_MESSAGE:
             raise OSError(f"the script's arguments and environment exceed {MAX_MESSAGE} bytes")
         try:
             socket.send_fds(sock, [payload], [out_fd])
-            deadline = time.monotonic() + self.reply_timeout
-            while True:
-                reply = self._receive_blocking(sock, deadline)
-                if reply.get("op") in ("spawned", "error") and reply.get("slot") == slot:
-                    break
-                self._pending.append(reply)  # an exit of another slot: handled right after
         except OSError as exc:
             self._lost(f"did not take a request: {exc}")
             raise OSError(f"the IOC's keeper failed: {exc}") from None
+        start = _Start(slot, loop.create_future(), on_exit)
+        self._starting[rid] = start
+        timer = loop.call_later(self.reply_timeout, self._start_timed_out, rid)
+        try:
+            pid = await start.future
+        except asyncio.CancelledError:
+            if start.future.done() and not start.future.cancelled():
+                self._abandon(start.future.result())  # started after all: not wanted
+            raise
         finally:
-            if self._pending and self._loop is not None:
-                self._loop.call_soon(self._dispatch_pending)
-        if reply["op"] == "error":
-            raise OSError(reply.get("errno") or 0, reply.get("message", "?"), reply.get("filename"))
-        pid = int(reply["pid"])
-        self._on_exit[pid] = on_exit
-        self._slot_of[pid] = slot
+            timer.cancel()
+            self._starting.pop(rid, None)
+        self._claim(pid)
         return pid
 
     def signal(self, slot: str, signum: int) -> None:
@@ -246,16 +266,62 @@ class Guardian:
     def _dispatch_pending(self) -> None:
         pending, self._pending = self._pending, []
         for message in pending:
-            if message.get("op") == "done":
+            op = message.get("op")
+            if op == "done":
                 self._unanswered.pop(message.get("id"), None)  # type: ignore[arg-type]
-                continue
-            if message.get("op") != "exited":
-                continue
-            pid = int(message["pid"])
-            self._slot_of.pop(pid, None)
-            callback = self._on_exit.pop(pid, None)
-            if callback is not None:
-                callback(int(message["status"]))
+            elif op in ("spawned", "error"):
+                self._answered(message)
+            elif op == "exited":
+                self._exited(int(message["pid"]), int(message["status"]))
+
+    def _answered(self, reply: dict[str, Any]) -> None:
+        """The keeper's answer to a spawn request."""
+        start = self._starting.pop(reply.get("id"), None)  # type: ignore[arg-type]
+        if reply["op"] == "error":
+            if start is not None and not start.future.done():
+                error = OSError(
+                    reply.get("errno") or 0, reply.get("message", "?"), reply.get("filename")
+                )
+                start.future.set_exception(error)
+            return
+        pid = int(reply["pid"])
+        if start is None or start.future.done():  # its caller gave up (cancelled, timed out)
+            self.signal(str(reply.get("slot")), signal.SIGKILL)
+            return
+        self._on_exit[pid] = start.on_exit
+        self._slot_of[pid] = start.slot
+        self._unclaimed.add(pid)
+        start.future.set_result(pid)
+
+    def _exited(self, pid: int, status: int) -> None:
+        if pid in self._unclaimed:  # its spawn() has not returned yet: after it has
+            self._held_exits[pid] = status
+            return
+        self._slot_of.pop(pid, None)
+        callback = self._on_exit.pop(pid, None)
+        if callback is not None:
+            callback(status)
+
+    def _claim(self, pid: int) -> None:
+        """spawn() returns ``pid``: an exit held meanwhile is delivered right after."""
+        self._unclaimed.discard(pid)
+        status = self._held_exits.pop(pid, None)
+        if status is not None and self._loop is not None:
+            self._loop.call_soon(self._exited, pid, status)
+
+    def _abandon(self, pid: int) -> None:
+        """A run started for a caller that no longer waits: killed, and forgotten."""
+        self._unclaimed.discard(pid)
+        self._held_exits.pop(pid, None)
+        self._on_exit.pop(pid, None)
+        slot = self._slot_of.pop(pid, None)
+        if slot is not None:
+            self.signal(slot, signal.SIGKILL)
+
+    def _start_timed_out(self, rid: int) -> None:
+        start = self._starting.get(rid)
+        if start is not None and not start.future.done():
+            self._lost(f"did not answer a start within {self.reply_timeout:g} s")
 
     def _lost(self, how: str) -> None:
         """The keeper is gone or wedged: end what it held, report the runs killed, replace it."""
@@ -264,23 +330,30 @@ class Guardian:
             return
         self._proc = self._sock = None
         self._unanswered.clear()
+        starting, self._starting = self._starting, {}
+        for start in starting.values():
+            if not start.future.done():
+                start.future.set_exception(OSError(f"the IOC's keeper {how}"))
         if self._loop is not None:
             self._loop.remove_reader(sock.fileno())
         sock.close()
         with contextlib.suppress(OSError):
             proc.kill()  # wedged rather than dead: the scripts die with it (PDEATHSIG)
         proc.wait()
-        runs = dict(self._on_exit)
-        slots = dict(self._slot_of)
-        self._on_exit.clear()
-        self._slot_of.clear()
+        slots = set(self._slot_of.values()) | {start.slot for start in starting.values()}
+        runs = {pid: cb for pid, cb in self._on_exit.items() if pid not in self._unclaimed}
+        # A run whose spawn() has not returned yet hears of its end once it has.
+        for pid in self._unclaimed:
+            self._held_exits[pid] = -signal.SIGKILL
+        self._on_exit = {pid: cb for pid, cb in self._on_exit.items() if pid in self._unclaimed}
+        self._slot_of = {pid: s for pid, s in self._slot_of.items() if pid in self._unclaimed}
         log.error(
             "the IOC's keeper (pid %d) %s: killing what its %d script(s) left; starting a new one",
             proc.pid,
             how,
-            len(runs),
+            len(runs) + len(self._unclaimed),
         )
-        for slot in set(slots.values()):
+        for slot in sorted(slots):
             self.kill_slot_leftovers(slot)
         try:
             self.start()

@@ -184,7 +184,7 @@ class Keeper:
         for fd in extra:
             os.close(fd)
         gate: tuple[int, int] | None = None
-        reply: dict[str, Any] = {"op": "spawned", "slot": slot}
+        reply: dict[str, Any] = {"op": "spawned", "slot": slot, "id": message.get("id")}
         try:
             if out_fd < 0:
                 raise OSError(errno.EINVAL, "no output pipe")
@@ -223,7 +223,8 @@ class Keeper:
             number = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
             text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             filename = exc.filename if isinstance(exc, OSError) else None
-            reply = {"op": "error", "slot": slot, "errno": number, "message": text}
+            reply = {"op": "error", "slot": slot, "id": message.get("id")}
+            reply.update(errno=number, message=text)
             reply["filename"] = None if filename is None else str(filename)
         else:
             pid = popen.pid

@@ -57,7 +57,7 @@ class ScriptProcess:
         self._loop = loop
 
     @classmethod
-    def spawn(
+    async def spawn(
         cls,
         argv: list[str],
         *,
@@ -78,7 +78,7 @@ class ScriptProcess:
         proc = cls(slot, guardian, read_fd, on_output, on_exit, loop)
         try:
             try:
-                proc.pid = guardian.spawn(
+                proc.pid = await guardian.spawn(
                     slot, argv, cwd=cwd, env=env, out_fd=write_fd, on_exit=proc._exited
                 )
             finally:

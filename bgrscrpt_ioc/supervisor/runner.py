@@ -79,7 +79,8 @@ class SlotRunner:
         self._stale_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Event | None = None
-        self._checking: asyncio.Task[None] | None = None  # a Spawn under way: the script check
+        # A Spawn under way: the script check, then the keeper starting it.
+        self._checking: asyncio.Task[None] | None = None
         self.usage = Usage()
 
     # ---- persisted settings ------------------------------------------------
@@ -276,10 +277,12 @@ class SlotRunner:
         self._apply(self.core.tick(self._last_tick))
 
     def _spawn(self) -> None:
-        """The core asked for a run: check the script off the loop, then start it.
+        """The core asked for a run: check the script off the loop, then have the keeper
+        start it, the loop running on meanwhile.
 
         The slot shows STARTING at once; a script that cannot run lands as a spawn
-        failure, as before. A STOP or RESTART meanwhile is the core's to settle.
+        failure, as before. A STOP during the check gives the spawn up; one while the
+        keeper starts it is the core's to settle once the pid is known.
         """
         assert self._loop is not None and self._exited is not None
         self._exited.clear()  # a shutdown waits for the check's outcome too
@@ -302,13 +305,14 @@ class SlotRunner:
         except Exception as exc:  # a bug in the check must not leave the slot STARTING
             log.exception("%s: checking %s failed", self.name, script)
             problem = f"cannot check {script}: {type(exc).__name__}: {exc}"
-        self._checking = None
         if problem:
+            self._checking = None
             self._spawn_failed(problem)
         elif self.core.state is SlotState.STOPPING:
+            self._checking = None
             self._spawn_failed("")  # restarted while it was being checked: check again
         else:
-            self._spawn_now()
+            await self._spawn_now()
 
     def _spawn_failed(self, problem: str) -> None:
         try:
@@ -317,9 +321,8 @@ class SlotRunner:
             if self.process is None and self._checking is None and self._exited is not None:
                 self._exited.set()
 
-    def _spawn_now(self) -> None:
+    async def _spawn_now(self) -> None:
         assert self._loop is not None
-        now = time.monotonic()
         script = self.settings.script
         env = script_environment(
             os.environ,
@@ -334,7 +337,8 @@ class SlotRunner:
         self.output.new_run()
         self.plot_url = ""
         try:
-            process = ScriptProcess.spawn(
+            # Cancelled here (_give_up_check), the keeper's run, if any, is killed.
+            process = await ScriptProcess.spawn(
                 [sys.executable, str(script)],
                 slot=self.name,
                 guardian=self.guardian,
@@ -345,8 +349,11 @@ class SlotRunner:
                 loop=self._loop,
             )
         except OSError as exc:
+            self._checking = None
             self._spawn_failed(f"cannot start {script}: {exc.strerror or exc}")
             return
+        now = time.monotonic()
+        self._checking = None
         self.process = process
         try:
             self._run_id = self.db.run_started(self.name, process.pid)

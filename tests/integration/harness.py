@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import epics
+import psutil
 
 STARTUP_TIMEOUT = 20.0
 
@@ -190,3 +191,15 @@ def caget_text(ioc: Ioc, suffix: str) -> str:
     assert out.returncode == 0, out.stderr
     printed = out.stdout.removesuffix(b"\n")
     return codecs.escape_decode(printed)[0].decode("utf-8")  # type: ignore[attr-defined]
+
+
+def keeper_of(ioc: Ioc) -> psutil.Process:
+    """The IOC's keeper process (the parent of its scripts)."""
+    assert ioc.proc is not None
+    found = [
+        child
+        for child in psutil.Process(ioc.proc.pid).children()
+        if any(arg.endswith("bgrscrpt_ioc/supervisor/keeper.py") for arg in child.cmdline())
+    ]
+    assert len(found) == 1, found
+    return found[0]

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from tests.integration.conftest import write_script
-from tests.integration.harness import Ioc, caget_text, process_gone, wait_for
+from tests.integration.harness import Ioc, caget_text, keeper_of, process_gone, wait_for
 from tests.integration.mechanisms import start as start_under
 
 S01 = "BGRSCRPT_01"
@@ -82,17 +82,6 @@ def runs(config_dir: Path, count: int) -> list[tuple[int, int, int]]:
 
 def all_gone(pids: tuple[int, ...], what: str) -> None:
     wait_for(lambda: all(process_gone(pid) for pid in pids), 5, what)
-
-
-def keeper_of(ioc: Ioc) -> psutil.Process:
-    assert ioc.proc is not None
-    found = [
-        child
-        for child in psutil.Process(ioc.proc.pid).children()
-        if any(arg.endswith("bgrscrpt_ioc/supervisor/keeper.py") for arg in child.cmdline())
-    ]
-    assert len(found) == 1, found
-    return found[0]
 
 
 def in_other_sessions(run: tuple[int, int, int]) -> None:

@@ -7,13 +7,16 @@ Access, SIGTERM ignored) from the end of the connect grace (5 s) on; with
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
 import epics
+import psutil
 
 from tests.integration.beat import Heartbeat
-from tests.integration.harness import wait_for
+from tests.integration.conftest import write_script
+from tests.integration.harness import keeper_of, wait_for
 
 WATCHES = """
 [[watch]]
@@ -106,4 +109,39 @@ def test_checking_a_huge_script_leaves_the_loop_free(make_ioc, config_dir, prefi
     assert ioc.get("BGRSCRPT_01:START_CNT") == 0, "the broken script was started"
     msg = ioc.get("BGRSCRPT_01:MSG", as_string=True)
     assert msg.startswith(f"syntax error in {script} line {HUGE_LINES + 1}"), msg
+    assert ioc.stop() == 0
+
+
+def test_a_start_the_stopped_keeper_never_answers_leaves_the_loop_free(
+    make_ioc, config_dir, prefix
+):
+    """kill -STOP on the keeper, then START: the keeper never answers. The heartbeat keeps
+    its beat through the wait; then the keeper is replaced, MSG says why the start failed,
+    and the next START runs the script."""
+    write_script(config_dir, "background_script.py", "import time\ntime.sleep(600)\n")
+    ioc = make_ioc('[supervisor]\nautorestart = "Off"\n', slots=1).start()
+    ioc.wait_status("RUNNING")
+    ioc.put("BGRSCRPT_01:STOP", 1)
+    ioc.wait_status("STOPPED")
+    keeper = keeper_of(ioc)
+    keeper.suspend()
+    try:
+        with Heartbeat(prefix) as beat:
+            ioc.put("BGRSCRPT_01:START", 1, wait=False)
+            wait_for(
+                lambda: (
+                    "did not answer a start" in (ioc.get("BGRSCRPT_01:MSG", as_string=True) or "")
+                ),
+                15,
+                "the failed start's MSG",
+            )
+            beat.check()
+        msg = ioc.get("BGRSCRPT_01:MSG", as_string=True)
+        assert msg.startswith(f"cannot start {config_dir / 'background_script.py'}: "), msg
+        wait_for(lambda: keeper_of(ioc).pid != keeper.pid, 10, "a new keeper")
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            keeper.resume()
+    ioc.put("BGRSCRPT_01:START", 1)
+    ioc.wait_status("RUNNING")
     assert ioc.stop() == 0

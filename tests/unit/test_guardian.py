@@ -9,13 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from bgrscrpt_ioc.supervisor import proctree
 from bgrscrpt_ioc.supervisor.env import compat_site_dir
 from bgrscrpt_ioc.supervisor.guardian import Guardian, KeeperConfig
 from tests.unit.processes import TIMEOUT, gone, wait_gone
@@ -56,7 +59,7 @@ async def main():
     guardian.start()
     guardian.attach(loop)
     print("keeper", guardian.pid, flush=True)
-    ScriptProcess.spawn(
+    await ScriptProcess.spawn(
         [sys.executable, "-c", sys.argv[2]], slot="BGRSCRPT_01", guardian=guardian,
         cwd="/", env=dict(os.environ), loop=loop,
         on_output=lambda data: os.write(1, data), on_exit=lambda code: None,
@@ -177,7 +180,7 @@ async def test_close_ends_the_keeper_and_whatever_is_left(test_cgroup):
     guardian.attach(asyncio.get_running_loop())
     read_fd, write_fd = os.pipe()
     try:
-        pid = guardian.spawn(
+        pid = await guardian.spawn(
             "BGRSCRPT_01",
             [PY, "-c", "import time; time.sleep(60)"],
             cwd="/",
@@ -203,10 +206,11 @@ async def test_close_ends_the_keeper_and_whatever_is_left(test_cgroup):
 async def test_keeper_ignores_termination_signals_and_its_scripts_do_not():
     guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]))
     guardian.start()
+    guardian.attach(asyncio.get_running_loop())
     exits: list[int] = []
     read_fd, write_fd = os.pipe()
     try:
-        pid = guardian.spawn(
+        pid = await guardian.spawn(
             "BGRSCRPT_01",
             [PY, "-c", "import time; time.sleep(60)"],
             cwd="/",
@@ -250,7 +254,7 @@ async def test_a_killed_keeper_is_replaced_and_its_runs_end_killed(strays):
 
     read_fd, write_fd = os.pipe()
     try:
-        leader = guardian.spawn(
+        leader = await guardian.spawn(
             "BGRSCRPT_01",
             [PY, "-c", FAMILY],
             cwd="/",
@@ -294,7 +298,7 @@ async def test_a_script_is_in_its_cgroup_before_its_first_statement(test_cgroup)
     done = asyncio.Event()
     read_fd, write_fd = os.pipe()
     try:
-        guardian.spawn(
+        await guardian.spawn(
             "BGRSCRPT_01",
             [PY, "-c", PLACED],
             cwd="/",
@@ -357,7 +361,7 @@ async def test_a_stopped_keeper_is_replaced_when_it_does_not_answer(strays):
 
     read_fd, write_fd = os.pipe()
     try:
-        pid = guardian.spawn(
+        pid = await guardian.spawn(
             "BGRSCRPT_01",
             [PY, "-c", "import time; time.sleep(60)"],
             cwd="/",
@@ -379,3 +383,162 @@ async def test_a_stopped_keeper_is_replaced_when_it_does_not_answer(strays):
         os.close(read_fd)
         os.close(write_fd)
         guardian.close()
+
+
+async def _ticks_during(awaitable: Any) -> tuple[Any, int]:
+    """Await ``awaitable`` while a 20 ms ticker runs: its result (or exception) and how
+    often the event loop ticked meanwhile."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.02)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        try:
+            result: Any = await awaitable
+        except OSError as exc:
+            result = exc
+    finally:
+        task.cancel()
+    return result, ticks
+
+
+async def test_a_spawn_the_stopped_keeper_never_answers_leaves_the_loop_running(strays):
+    """kill -STOP on the keeper, then a START: the event loop runs on (the heartbeat keeps
+    its beat) until the keeper is given up on and replaced; the start fails with OSError."""
+    guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]), reply_timeout=1.0)
+    guardian.start()
+    guardian.attach(asyncio.get_running_loop())
+    old = guardian.pid
+    assert old is not None
+    strays.append(old)
+    read_fd, write_fd = os.pipe()
+    try:
+        os.kill(old, signal.SIGSTOP)
+        spawn = guardian.spawn(
+            "BGRSCRPT_01",
+            [PY, "-c", "import time; time.sleep(60)"],
+            cwd="/",
+            env=dict(os.environ),
+            out_fd=write_fd,
+            on_exit=lambda code: None,
+        )
+        result, ticks = await _ticks_during(spawn)
+        assert isinstance(result, OSError) and "did not answer a start" in str(result), result
+        assert ticks >= 20, ticks  # ~50 in the 1 s wait; a blocked loop ticks about once
+        await wait_gone(old)
+        assert guardian.pid not in (None, old)  # replaced: the next START can run
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+        guardian.close()
+
+
+async def test_a_spawn_given_up_while_the_keeper_starts_it_leaves_no_process(strays):
+    """A STOP while the keeper is starting the script cancels the wait: the run the keeper
+    starts anyway is killed at once, and its exit reaches nobody."""
+    instance = uuid.uuid4().hex[:12]
+    guardian = Guardian(KeeperConfig(instance=instance))
+    guardian.start()
+    guardian.attach(asyncio.get_running_loop())
+    keeper = guardian.pid
+    assert keeper is not None
+    strays.append(keeper)
+    signals: list[tuple[str, int]] = []
+    send_signal = guardian.signal
+    guardian.signal = lambda slot, signum: (  # type: ignore[method-assign]
+        signals.append((slot, signum)),
+        send_signal(slot, signum),
+    )[-1]
+    exits: list[int] = []
+    read_fd, write_fd = os.pipe()
+    try:
+        os.kill(keeper, signal.SIGSTOP)  # holds the request until the wait is cancelled
+        task = asyncio.create_task(
+            guardian.spawn(
+                "BGRSCRPT_01",
+                [PY, "-c", "import time; time.sleep(60)"],
+                cwd="/",
+                env=dict(os.environ),
+                out_fd=write_fd,
+                on_exit=exits.append,
+            )
+        )
+        await asyncio.sleep(0)  # the request is sent
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        os.kill(keeper, signal.SIGCONT)
+        # The keeper starts it anyway; the IOC kills it as soon as it hears.
+        deadline = time.monotonic() + TIMEOUT
+        while not signals and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert signals == [("BGRSCRPT_01", signal.SIGKILL)]
+        while proctree.marked(instance, "BGRSCRPT_01") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert proctree.marked(instance, "BGRSCRPT_01") == []
+        assert guardian.leaders() == {}
+        assert exits == []
+        assert guardian.pid == keeper  # an answered request: the keeper was not replaced
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+        guardian.close()
+
+
+async def test_an_exit_heard_with_the_spawn_reply_is_delivered_after_spawn_returns():
+    """A script that exits at once: the keeper's 'spawned' and 'exited' can arrive in one
+    read. The exit is delivered only after spawn() has returned the pid (a runner must
+    know its process before it hears that it ended)."""
+    guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]))
+    guardian.start()
+    guardian.attach(asyncio.get_running_loop())
+    exited = asyncio.Event()
+    seen: list[tuple[int, bool]] = []
+    read_fd, write_fd = os.pipe()
+    try:
+        task: asyncio.Task[int] | None = None
+
+        def on_exit(code: int) -> None:
+            seen.append((code, task is not None and task.done()))
+            exited.set()
+
+        task = asyncio.create_task(
+            guardian.spawn(
+                "BGRSCRPT_01",
+                [PY, "-c", "import os; print(os.getpid(), flush=True)"],
+                cwd="/",
+                env=dict(os.environ),
+                out_fd=write_fd,
+                on_exit=on_exit,
+            )
+        )
+        await asyncio.sleep(0)  # the request is sent
+        # Block the loop until the script has come and gone, so that both of the
+        # keeper's messages wait in the socket for one read.
+        pid = int(_read_line_blocking(read_fd))
+        deadline = time.monotonic() + TIMEOUT
+        while not gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the keeper's 'exited' follows the reap by microseconds
+        assert await asyncio.wait_for(task, TIMEOUT) == pid
+        await asyncio.wait_for(exited.wait(), TIMEOUT)
+        assert seen == [(0, True)]
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+        guardian.close()
+
+
+def _read_line_blocking(fd: int) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        data += chunk
+    return data

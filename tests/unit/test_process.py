@@ -61,7 +61,11 @@ class Run:
         self.exit_codes: list[int] = []
         self.exited = asyncio.Event()
         self._changed = asyncio.Event()
-        self.proc = ScriptProcess.spawn(
+        self._args = (code, guardian, slot, loop, env)
+
+    async def spawn(self) -> None:
+        code, guardian, slot, loop, env = self._args
+        self.proc = await ScriptProcess.spawn(
             [PY, "-c", textwrap.dedent(code)],
             slot=slot,
             guardian=guardian,
@@ -108,8 +112,9 @@ async def runs(guardian):
     started: list[Run] = []
     loop = asyncio.get_running_loop()
 
-    def start(code: str, env: dict[str, str] | None = None, slot: str = "") -> Run:
+    async def start(code: str, env: dict[str, str] | None = None, slot: str = "") -> Run:
         run = Run(code, guardian, slot or f"BGRSCRPT_{len(started) + 1:02d}", loop, env)
+        await run.spawn()
         started.append(run)
         return run
 
@@ -119,7 +124,7 @@ async def runs(guardian):
 
 
 async def test_exit_code_and_output(runs):
-    run = runs("import sys; print('hello'); sys.stderr.write('oops\\n'); sys.exit(3)")
+    run = await runs("import sys; print('hello'); sys.stderr.write('oops\\n'); sys.exit(3)")
     assert await run.wait_exit() == 3
     assert run.proc.returncode == 3
     assert run.exit_codes == [3]
@@ -128,7 +133,7 @@ async def test_exit_code_and_output(runs):
 
 
 async def test_leader_of_its_own_session_and_group_under_the_keeper(runs, guardian):
-    run = runs("import os, time; print('up', os.environ['BGRSCRPT_MARK']); time.sleep(60)")
+    run = await runs("import os, time; print('up', os.environ['BGRSCRPT_MARK']); time.sleep(60)")
     await run.expect(f"up {guardian.config.instance}/BGRSCRPT_01\n".encode())
     pid = run.proc.pid
     assert os.getpgid(pid) == pid
@@ -139,7 +144,7 @@ async def test_leader_of_its_own_session_and_group_under_the_keeper(runs, guardi
 
 
 async def test_signals_reach_every_process_of_the_slot_in_any_session(runs):
-    run = runs(
+    run = await runs(
         "import signal, time\n"
         "signal.signal(signal.SIGTERM, lambda *a: print('TERM ignored', flush=True))\n"
         + GRANDCHILD.format(escape=True)
@@ -163,7 +168,7 @@ async def test_signals_reach_every_process_of_the_slot_in_any_session(runs):
 @pytest.mark.parametrize("escape", [False, True])
 async def test_exit_kills_what_the_script_left_in_any_session(runs, escape):
     # The grandchild holds the pipe open: the exit is seen at once all the same.
-    run = runs(GRANDCHILD.format(escape=escape) + "import sys; sys.exit(5)\n")
+    run = await runs(GRANDCHILD.format(escape=escape) + "import sys; sys.exit(5)\n")
     assert await run.wait_exit() == 5
     await wait_gone(run.value_after(b"grandchild"))
 
@@ -185,8 +190,8 @@ async def test_a_daemon_adopted_by_the_keeper_is_killed_with_its_slot(runs, guar
     print("up", flush=True)
     time.sleep(60)
     """
-    run = runs(daemon)
-    other = runs("import time; print('up', flush=True); time.sleep(60)")
+    run = await runs(daemon)
+    other = await runs("import time; print('up', flush=True); time.sleep(60)")
     await run.expect(b"up")
     await other.expect(b"up")
     pid = run.value_after(b"daemon")
@@ -199,7 +204,7 @@ async def test_a_daemon_adopted_by_the_keeper_is_killed_with_its_slot(runs, guar
 
 async def test_all_output_arrives(runs):
     size = 3_000_000
-    run = runs(f"import sys; sys.stdout.buffer.write(b'x' * {size}); sys.exit(0)")
+    run = await runs(f"import sys; sys.stdout.buffer.write(b'x' * {size}); sys.exit(0)")
     assert await run.wait_exit() == 0
 
     # Output drained at the exit, the rest (if any) still comes after it.
@@ -226,7 +231,7 @@ async def test_spawn_failure_raises_and_leaves_nothing(guardian, argv, cwd):
     assert guardian.pid is not None
     before_children = {p.pid for p in psutil.Process(guardian.pid).children()}
     with pytest.raises(FileNotFoundError):
-        ScriptProcess.spawn(
+        await ScriptProcess.spawn(
             argv,
             slot="BGRSCRPT_01",
             guardian=guardian,
@@ -241,7 +246,7 @@ async def test_spawn_failure_raises_and_leaves_nothing(guardian, argv, cwd):
 
 
 async def test_close_is_idempotent(runs):
-    run = runs("pass")
+    run = await runs("pass")
     assert await run.wait_exit() == 0
     run.proc.close()
     run.proc.close()
@@ -265,6 +270,6 @@ def test_sitecustomize_ends_a_script_whose_keeper_died_while_starting_it(parent_
 
 async def test_a_script_started_by_the_keeper_passes_the_parent_check(runs, guardian):
     assert guardian.uses_setpriv, "setpriv (util-linux) is expected on this machine"
-    run = runs(PARENT_CHECK, {"PYTHONPATH": str(compat_site_dir())})
+    run = await runs(PARENT_CHECK, {"PYTHONPATH": str(compat_site_dir())})
     assert await run.wait_exit() == 0
     await run.expect(b"ran None\n")
