@@ -257,7 +257,12 @@ async def run_ioc(options: IocOptions) -> int:
         )
         settings = options.settings
         if settings.write_hosts is not None or settings.write_users is not None:
-            apply_access(pvdb, write_hosts=settings.write_hosts, write_users=settings.write_users)
+            apply_access(
+                pvdb,
+                write_hosts=settings.write_hosts,
+                write_users=settings.write_users,
+                require_address=settings.require_address,
+            )
         publisher = Publisher(runners, slot_groups, ioc_group, started)
         publisher_ref.append(publisher)
         publisher.set_msg(*health_message(db.status, db.start_warning))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgrscrpt_ioc.core.endpoint import host_problem, ip_problem, parse_endpoint
+from bgrscrpt_ioc.core.endpoint import host_problem, ip_problem, network_problem, parse_endpoint
 from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, AutoRestart, Policy
 from bgrscrpt_ioc.core.watch import NAMES_LIMIT, SEVERITY_NAMES, Level, WatchPolicy
 
@@ -132,8 +132,17 @@ def _hosts(value: Any) -> list[str]:
         raise _Bad("must be a list of strings")
     for host in value:
         name = host.strip()
-        if ip_problem(name) and host_problem(name):
-            raise _Bad(f"{host!r} is neither a host name (RFC 1123) nor an IP address")
+        if ip_problem(name) and host_problem(name) and network_problem(name):
+            raise _Bad(
+                f"{host!r} is neither a host name (RFC 1123), an IP address nor a network"
+                " (10.1.2.0/24)"
+            )
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("must be true or false")
     return value
 
 
@@ -161,7 +170,11 @@ _SUPERVISOR: dict[str, Callable[[Any], Any]] = {
     "autorestart": _autorestart,
 }
 _SLOT: dict[str, Callable[[Any], Any]] = {**_SUPERVISOR, "script": _script, "macros": _macros}
-_ACCESS: dict[str, Callable[[Any], Any]] = {"write_hosts": _hosts, "write_users": _users}
+_ACCESS: dict[str, Callable[[Any], Any]] = {
+    "write_hosts": _hosts,
+    "write_users": _users,
+    "require_address": _flag,
+}
 _IOC: dict[str, Callable[[Any], Any]] = {
     "loop_lag_high": Number(float, 1.0, 600000.0, zero=True, unit="ms"),
     "loop_lag_hihi": Number(float, 1.0, 600000.0, zero=True, unit="ms"),
@@ -233,6 +246,8 @@ class Settings:
     watches: tuple[WatchSettings, ...] = ()
     loop_lag_high: float = 200.0  # ms: BGRSCRPT:LOOP_LAG MINOR at or above (0: off)
     loop_lag_hihi: float = 1000.0  # ms: MAJOR at or above (0: off)
+    # [access]: write_hosts names match only the addresses they resolve to at start-up
+    require_address: bool = False
 
 
 def load_settings(path: Path | None, *, config_dir: Path, slot_count: int) -> Settings:
@@ -307,6 +322,8 @@ class _Validator:
             values = {**defaults, **self.checked(f"slots.{name}", own, _SLOT)}
             slots.append(self.slot(name, index, values, config_dir, own=set(own)))
         access = self.checked("access", self.table(data, "", "access"), _ACCESS)
+        if access.get("require_address") and access.get("write_hosts") is None:
+            raise self.fail("access", "require_address", "needs write_hosts to check against")
         ioc = self.checked("ioc", self.table(data, "", "ioc"), _IOC)
         high, hihi = ioc.get("loop_lag_high", 200.0), ioc.get("loop_lag_hihi", 1000.0)
         if high and hihi and hihi < high:
@@ -320,6 +337,7 @@ class _Validator:
             watches,
             loop_lag_high=high,
             loop_lag_hihi=hihi,
+            require_address=access.get("require_address", False),
         )
 
     # ---- [[watch]] ------------------------------------------------------------------

@@ -36,6 +36,7 @@ import caproto as ca
 from caproto.asyncio import server as _asyncio_server
 from caproto.server.common import DisconnectedCircuit
 
+from .access import CLIENT_ADDRESS
 from .circuit import FlowCircuit, wire_size
 from .client_faults import ClientFaults
 from .discovery import DiscoveryMixin
@@ -114,6 +115,8 @@ class FlowContext(_asyncio_server.Context):
         with contextlib.suppress(OSError):
             transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        # Access rules read the peer address of the circuit they decide for (this task's).
+        CLIENT_ADDRESS.set(addr[0])
         circuit = self.CircuitClass(ca.VirtualCircuit(ca.SERVER, addr, None), client, self)
         self.circuits.add(circuit)
         self.log.info("Connected to new client at %s:%d (total: %d).", *addr, len(self.circuits))

@@ -61,6 +61,17 @@ def ip_problem(host: str) -> str:
     return ""
 
 
+def network_problem(text: str) -> str:
+    """Why ``text`` is no IP network such as ``10.1.2.0/24`` ("" when it is one)."""
+    if "/" not in text:
+        return f"{text} is not a network (address/prefix length)"
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        return f"{text} is not a network: {exc}"
+    return ""
+
+
 def parse_endpoint(text: str) -> Endpoint:
     """``host:port``, ``[v6]:port`` or ``unix:/path``; ValueError with the reason otherwise."""
     if text.startswith("unix:"):

@@ -7,6 +7,7 @@ ones. One test at the end runs a real caproto server and a libca client.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import socket
@@ -465,6 +466,43 @@ def test_localhost_means_this_machine():
         assert rule.allows(host, "x"), host
     assert not rule.allows("some-other-host", "x")
     assert WriteRule(["127.0.0.1"], None).allows("localhost", "x")
+
+
+def test_address_entries_match_the_peer_address_not_a_reported_name():
+    rule = WriteRule(["10.1.2.3", "192.168.7.0/24", "ndxdemo"], None)
+    assert rule.allows("anything", "x", address="10.1.2.3")
+    assert rule.allows("anything", "x", address="192.168.7.200")
+    assert rule.allows("anything", "x", address="::ffff:192.168.7.1")  # v4 on a v6 socket
+    # A client elsewhere that reports an allowed address or network as its name: refused.
+    assert not rule.allows("10.1.2.3", "x", address="10.9.9.9")
+    assert not rule.allows("192.168.7.1", "x", address="10.9.9.9")
+    # Names keep their meaning: the name the client reports.
+    assert rule.allows("ndxdemo", "x", address="10.9.9.9")
+
+
+def test_localhost_matches_only_a_peer_on_this_machine():
+    rule = WriteRule(["localhost"], None)
+    assert rule.allows("localhost", "x", address="127.0.0.1")
+    assert rule.allows("any-name", "x", address="127.0.0.2")
+    assert rule.allows("any-name", "x", address="::1")
+    # A remote client that claims to be localhost, or this machine: refused.
+    assert not rule.allows("localhost", "x", address="10.9.9.9")
+    assert not rule.allows(socket.gethostname(), "x", address="10.9.9.9")
+
+
+def test_require_address_matches_names_by_their_addresses_at_start_up():
+    looked_up: list[str] = []
+
+    def resolver(name: str) -> list:
+        looked_up.append(name)
+        return [ipaddress.ip_network("10.1.2.3")] if name == "ops" else []
+
+    rule = WriteRule(["ops", "gone"], None, require_address=True, resolver=resolver)
+    assert sorted(looked_up) == ["gone", "ops"]  # once, when the rule is made
+    assert rule.allows("whatever", "x", address="10.1.2.3")
+    assert not rule.allows("ops", "x", address="10.9.9.9")  # claims the name: not enough
+    assert not rule.allows("ops", "x", address=None)  # no address: nothing to check
+    assert len(looked_up) == 2  # not looked up again for each client
 
 
 def test_write_users_and_both_lists(slot):

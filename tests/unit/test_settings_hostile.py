@@ -41,7 +41,8 @@ STRINGS = [
 HOST_LISTS = [
     '["localhost"]', '["127.0.0.1"]', '["::1"]', '["ndxemu"]', '["999.999.999.999"]',
     '["-bad"]', '["a..b"]', '[""]', '[" "]', '["host name"]', '["h\\u0000"]', '[1]', '"x"',
-    '["a_b"]', f'["{"a" * 64}"]',
+    '["a_b"]', f'["{"a" * 64}"]', '["10.0.0.0/8"]', '["10.0.0.0/33"]', '["::/0"]',
+    '["1.2.3.4/abc"]', '["host/24"]', '["10.1.2.3/24"]',
 ]  # fmt: skip
 USER_LISTS = ['["spudulike"]', '["a b"]', '[""]', '["\\u0000"]', '["\\t"]', "[1]", '"x"', "[[]]"]
 MACROS = [
@@ -101,6 +102,12 @@ def cases() -> list[tuple[str, str, str, str]]:
     for value in HOST_LISTS:
         out.append((f"write_hosts={value[:30]}", f"[access]\nwrite_hosts = {value}\n",
                     "access.write_hosts", "2"))  # fmt: skip
+    for value in ("true", "false", '"yes"', "1", "[]", "nan"):
+        out.append((f"require_address={value}",
+                    f'[access]\nrequire_address = {value}\nwrite_hosts = ["10.0.0.0/8"]\n',
+                    "access.require_address", "2"))  # fmt: skip
+    out.append(("require_address without write_hosts", "[access]\nrequire_address = true\n",
+                "access.require_address", "2"))  # fmt: skip
     for value in USER_LISTS:
         out.append((f"write_users={value[:30]}", f"[access]\nwrite_users = {value}\n",
                     "access.write_users", "2"))  # fmt: skip
@@ -159,7 +166,9 @@ def runs(settings: Settings, config_dir: Path) -> None:
             parse_endpoint(endpoint)
         for value in watch.values:
             assert not isinstance(value, float) or math.isfinite(value)
-    WriteRule(settings.write_hosts, settings.write_users).host_matches("localhost")
+    WriteRule(
+        settings.write_hosts, settings.write_users, require_address=settings.require_address
+    ).allows("localhost", "x", address="10.1.2.3")
     IocPVs("P:BGRSCRPT:", lag_high=settings.loop_lag_high, lag_hihi=settings.loop_lag_hihi)
 
 
