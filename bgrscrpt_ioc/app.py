@@ -27,6 +27,7 @@ from bgrscrpt_ioc.settings import Settings
 from bgrscrpt_ioc.state_db import StateDB
 from bgrscrpt_ioc.supervisor import accounting
 from bgrscrpt_ioc.supervisor.containment import Containment, detect
+from bgrscrpt_ioc.supervisor.env import own_ca_address
 from bgrscrpt_ioc.supervisor.guardian import Guardian
 from bgrscrpt_ioc.supervisor.leftovers import kill_leftover_group, sweep
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
@@ -225,6 +226,8 @@ async def run_ioc(options: IocOptions) -> int:
         guardian.attach(loop)
         started = time.monotonic()
         publisher_ref: list[Publisher] = []
+        port = int(os.environ.get("EPICS_CA_SERVER_PORT", "5064"))
+        own_address = own_ca_address(options.interfaces, port)
 
         def changed() -> None:
             if publisher_ref:
@@ -240,6 +243,7 @@ async def run_ioc(options: IocOptions) -> int:
                     db=db,
                     guardian=guardian,
                     on_change=changed,
+                    own_ca_address=own_address,
                 )
             except OSError as exc:  # its log file: a directory, not writable, …
                 why = f"{exc.strerror or exc}: {exc.filename}"

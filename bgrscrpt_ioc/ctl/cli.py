@@ -196,6 +196,12 @@ def _status(client: Client, args: argparse.Namespace, style: Style) -> int:
     return 3 if commands.needs_attention(slots, watches, ioc) else 0
 
 
+GAP_NOTE = (
+    "LOG moved on by more than it shows: lines may be missing here"
+    " (the slot's log file in the IOC's var dir has them all)"
+)
+
+
 def _log(client: Client, args: argparse.Namespace, style: Style) -> int:
     slot = commands.slot_name(args.slot)
     text = commands.log_text(client, slot)
@@ -210,6 +216,9 @@ def _log(client: Client, args: argparse.Namespace, style: Style) -> int:
                 print(style.error(warning), file=sys.stderr, flush=True)
             elif line is commands.Link.BACK:
                 print(f"{PROG}: {slot}: connected again", file=sys.stderr, flush=True)
+            elif line is commands.Link.GAP:
+                # On stdout, in the stream where the lines are missing.
+                print(style.error(f"--- {GAP_NOTE} ---"), flush=True)
             else:
                 print(line, flush=True)
     except KeyboardInterrupt:

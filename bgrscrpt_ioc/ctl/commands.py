@@ -17,7 +17,7 @@ from bgrscrpt_ioc.ca.pvdb import IOC_GROUP
 from bgrscrpt_ioc.ca.watch_pvs import WATCH_GROUP
 
 from .ca import CaError, Client, Reading, wait_until
-from .logtail import log_lines, new_lines
+from .logtail import log_lines, window_moved
 
 MAX_SLOTS = 99
 RUNNING_STATES = ("STARTING", "RUNNING")
@@ -303,15 +303,18 @@ def log_text(client: Client, slot: str) -> str:
 
 
 class Link(Enum):
-    """News about the connection while following: lost, then back."""
+    """News about the connection while following: lost, then back; and a gap, where
+    LOG moved on by more than it shows (lines may be missing there)."""
 
     LOST = "lost"
     BACK = "back"
+    GAP = "gap"
 
 
 def follow_log(client: Client, slot: str, first: str) -> Iterator[str | Link]:
     """Yield every new line of LOG as it arrives, and the connection's news: LOST
-    when it drops, BACK with the first update after (the client reconnects by itself)."""
+    when it drops, BACK with the first update after (the client reconnects by itself),
+    GAP before lines that do not follow on from the last ones shown."""
     updates = client.follow(f"{slot}:LOG")
     shown = log_lines(first)
     lost = False
@@ -326,7 +329,10 @@ def follow_log(client: Client, slot: str, first: str) -> Iterator[str | Link]:
             lost = False
             yield Link.BACK
         lines = log_lines(text)
-        yield from new_lines(shown, lines)
+        gained, gap = window_moved(shown, lines)
+        if gap:
+            yield Link.GAP
+        yield from gained
         shown = lines
 
 

@@ -19,7 +19,15 @@ def new_lines(old: list[str], new: list[str]) -> list[str]:
     that is also the head of ``new``. No overlap at all means more lines arrived
     than the window holds, or the log started afresh: then every line is new.
     """
+    return window_moved(old, new)[0]
+
+
+def window_moved(old: list[str], new: list[str]) -> tuple[list[str], bool]:
+    """The lines ``new`` gained over ``old``, and whether lines may be missing between
+    them: both windows show lines and none of ``old``'s last lines begins ``new``
+    (more arrived than the window holds: after an outage, or from a client that was
+    sent only the latest of several updates)."""
     for size in range(min(len(old), len(new)), 0, -1):
         if old[-size:] == new[:size]:
-            return new[size:]
-    return list(new)
+            return new[size:], False
+    return list(new), bool(old) and bool(new)

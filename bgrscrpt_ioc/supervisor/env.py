@@ -31,13 +31,16 @@ def script_environment(
     notify_socket: str,
     prefix: str,
     macros: dict | None = None,
+    own_ca_address: str | None = None,
 ) -> dict[str, str]:
     """``base`` (the IOC's environment) plus what a script of ``slot`` is promised.
 
     ``ICPVARDIR`` is kept when set, else ``var_dir``; ``MACROS`` (JSON) is set only
     when ``macros`` is given. Channel Access stays on loopback unless ``base``
     chose its own ``EPICS_CA_ADDR_LIST``, in which case ``EPICS_CA_*`` pass
-    through unchanged.
+    through, with the IOC's own CA address (``own_ca_address``, ``host:port``) put
+    first when the list does not name it: a list naming only other machines must
+    not leave a script unable to reach its own IOC.
     """
     env = dict(base)
     env.update(
@@ -58,7 +61,17 @@ def script_environment(
     if macros is not None:
         env["MACROS"] = json.dumps(macros)
     if "EPICS_CA_ADDR_LIST" not in base:
-        # As the IOC serves on 127.0.0.1: no broadcasts leave the machine.
-        env["EPICS_CA_ADDR_LIST"] = "127.0.0.1"
+        # Where the IOC serves (127.0.0.1 by default): no broadcasts leave the machine.
+        env["EPICS_CA_ADDR_LIST"] = own_ca_address or "127.0.0.1"
         env["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
+    elif own_ca_address and own_ca_address not in base["EPICS_CA_ADDR_LIST"].split():
+        env["EPICS_CA_ADDR_LIST"] = f"{own_ca_address} {base['EPICS_CA_ADDR_LIST']}".strip()
     return env
+
+
+def own_ca_address(interfaces: list[str], port: int) -> str:
+    """``host:port`` where a process on this machine finds the IOC's CA server, serving
+    on ``interfaces``: loopback when it serves there (or on every interface)."""
+    if not interfaces or "127.0.0.1" in interfaces or "0.0.0.0" in interfaces:
+        return f"127.0.0.1:{port}"
+    return f"{interfaces[0]}:{port}"

@@ -49,8 +49,10 @@ class SlotRunner:
         db: StateDB,
         guardian: Guardian,
         on_change: Callable[[], None],
+        own_ca_address: str | None = None,
     ):
         self.settings = settings
+        self.own_ca_address = own_ca_address
         self.name = settings.name
         self.config_dir = config_dir
         self.var_dir = var_dir
@@ -333,6 +335,7 @@ class SlotRunner:
             notify_socket=self.notify.address,
             prefix=self.prefix,
             macros=self.settings.macros,
+            own_ca_address=self.own_ca_address,
         )
         self.output.new_run()
         self.plot_url = ""

@@ -410,3 +410,34 @@ def test_an_inherited_blocked_sigterm_is_cleared_for_the_ioc_and_its_scripts(mak
     pid = ioc.get("BGRSCRPT_01:PID")
     assert ioc.stop(timeout=20) == 0  # raises if SIGTERM did not end it
     assert process_gone(pid)
+
+
+OWN_IOC_SCRIPT = """
+import os, epics
+name = os.environ["MYPVPREFIX"] + "BGRSCRPT:VERSION"
+print("list", os.environ["EPICS_CA_ADDR_LIST"], flush=True)
+print("own IOC answers", epics.caget(name, timeout=10) is not None, flush=True)
+import time; time.sleep(600)
+"""
+
+
+def test_a_script_reaches_its_own_ioc_when_the_address_list_names_only_other_hosts(
+    make_ioc, config_dir
+):
+    """An IOC configured to search elsewhere only (a list naming other machines, no
+    broadcasts): its scripts still find it, as its own address goes first in theirs."""
+    write_script(config_dir, "background_script.py", OWN_IOC_SCRIPT)
+    elsewhere = {"EPICS_CA_ADDR_LIST": "192.0.2.1", "EPICS_CA_AUTO_ADDR_LIST": "NO"}
+    ioc = make_ioc(env=elsewhere).start()
+    ioc.wait_status("RUNNING")
+    log = wait_for(
+        lambda: re.search(
+            r"own IOC answers (\w+)", ioc.get("BGRSCRPT_01:LOG", as_string=True) or ""
+        ),
+        20,
+        "the script's caget of its own IOC",
+    )
+    text = ioc.get("BGRSCRPT_01:LOG", as_string=True)
+    assert f"list 127.0.0.1:{ioc.port} 192.0.2.1" in text, text
+    assert log.group(1) == "True", text
+    assert ioc.stop() == 0

@@ -17,7 +17,7 @@ from bgrscrpt_ioc.ctl.commands import (
     slot_name,
     watches_to_show,
 )
-from bgrscrpt_ioc.ctl.logtail import log_lines, new_lines
+from bgrscrpt_ioc.ctl.logtail import log_lines, new_lines, window_moved
 from bgrscrpt_ioc.ctl.style import Style, use_colour
 
 
@@ -81,6 +81,21 @@ def test_following_across_a_lost_connection_says_lost_once_then_back():
         "line 6",
         "line 7",
     ]
+
+
+def test_an_outage_longer_than_log_holds_is_marked_where_lines_are_missing():
+    def text(first: int, last: int) -> str:
+        return "\n".join(window(first, last)) + "\n"
+
+    updates = [text(1, 20), None, text(31, 50), text(32, 51), ""]
+    events = follow_log(_Following(updates), "BGRSCRPT_01", text(1, 20))  # type: ignore[arg-type]
+    got = [next(events) for _ in range(24)]
+    assert got[:3] == [Link.LOST, Link.BACK, Link.GAP]  # lines 21..30 never arrived
+    assert got[3:] == [f"line {n}" for n in range(31, 52)]
+    # A window that continues the last one, or is cleared, or starts empty: no gap.
+    assert window_moved(window(1, 20), window(5, 24)) == (window(21, 24), False)
+    assert window_moved(window(1, 20), []) == ([], False)
+    assert window_moved([], window(1, 3)) == (window(1, 3), False)
 
 
 @pytest.mark.parametrize(

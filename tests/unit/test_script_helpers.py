@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bgrscrpt_ioc.supervisor.env import kit_root, script_environment
+from bgrscrpt_ioc.supervisor.env import kit_root, own_ca_address, script_environment
 from bgrscrpt_ioc.supervisor.notify import NotifyListener
 
 TIMEOUT = 20.0
@@ -200,3 +200,21 @@ def test_script_environment_inherits_var_dir_ca_and_sets_macros():
     assert env["EPICS_CA_AUTO_ADDR_LIST"] == "YES"
     assert env["EPICS_CA_SERVER_PORT"] == "5066"
     assert json.loads(env["MACROS"]) == {"A": "1"}
+
+
+def test_a_script_always_finds_its_own_ioc():
+    """An address list naming only other machines gets the IOC's own address first; one
+    that names it already, or no list at all, is left to mean what it meant."""
+    remote = {"EPICS_CA_ADDR_LIST": "ndxother:5064 10.1.2.3", "EPICS_CA_AUTO_ADDR_LIST": "NO"}
+    env = env_for(remote, own_ca_address="127.0.0.1:5066")
+    assert env["EPICS_CA_ADDR_LIST"] == "127.0.0.1:5066 ndxother:5064 10.1.2.3"
+    assert env["EPICS_CA_AUTO_ADDR_LIST"] == "NO"
+    named = {"EPICS_CA_ADDR_LIST": "10.1.2.3 127.0.0.1:5066"}
+    assert env_for(named, own_ca_address="127.0.0.1:5066")["EPICS_CA_ADDR_LIST"] == (
+        "10.1.2.3 127.0.0.1:5066"
+    )
+    assert env_for({}, own_ca_address="10.0.0.5:5066")["EPICS_CA_ADDR_LIST"] == "10.0.0.5:5066"
+    # Where a process here finds the IOC: loopback, unless it serves elsewhere only.
+    assert own_ca_address(["127.0.0.1"], 5066) == "127.0.0.1:5066"
+    assert own_ca_address(["0.0.0.0"], 5064) == "127.0.0.1:5064"
+    assert own_ca_address(["10.0.0.5", "10.0.1.5"], 5064) == "10.0.0.5:5064"
