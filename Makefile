@@ -1,6 +1,7 @@
 # bgrscrpt_ioc — everything a newcomer needs, from nothing.
 #   make run    the IOC on the embedded default configuration (scripts/, var/)
 #   make test   the whole test suite (installs procServ and Chromium when root)
+#   make unit   the unit tests alone (about a minute; no system packages needed)
 #   make demo   a whole simulated instrument on this machine (Ctrl-C stops it)
 #   make bench  measure, and write BENCHMARKS.md
 #   make lint   ruff and mypy
@@ -12,7 +13,7 @@ PY := $(VENV)/bin/python
 export EPICS_CA_AUTO_ADDR_LIST ?= NO
 export EPICS_CA_ADDR_LIST ?= 127.0.0.1
 
-.PHONY: run demo test bench lint system-deps clean
+.PHONY: run demo test unit bench lint system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed as $(PYTHON)")'
@@ -35,6 +36,9 @@ system-deps:
 # Two workers; worksteal so the slow integration tests spread over both.
 test: $(VENV)/.installed system-deps
 	$(PY) -m pytest -n 2 --dist worksteal
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest -n 2 --dist worksteal tests/unit
 
 bench: $(VENV)/.installed system-deps
 	$(PY) -m bench
