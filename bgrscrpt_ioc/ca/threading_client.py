@@ -25,6 +25,10 @@ asyncio one (:mod:`bgrscrpt_ioc.ca.client`); what it gets wrong:
   selector thread passes the circuit the bytes of its previous read again
   (a variable left over from the last turn of its loop): old monitor updates
   processed twice, and a traceback in the log. Here a dead circuit ignores them.
+* **One name it cannot search ends every search.** A name caproto's search
+  request refuses (a record part over 59 characters, ``None``, a number)
+  raises in the thread that resends searches: no PV of the context connects
+  again. Here ``get_pvs`` refuses such a name in the caller (:mod:`.names`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import caproto as ca
 from caproto.threading import client as _stock
 
 from ..core.reconnect import CircuitRetry
+from .names import check_names
 
 log = logging.getLogger("bgrscrpt_ioc.ca.client")
 
@@ -179,6 +184,12 @@ class Context(_stock.Context):
     def closing(self) -> bool:
         """The user is disconnecting this context (or has)."""
         return bool(getattr(self, "_user_disconnected", False))
+
+    def get_pvs(self, *names: Any, **kwargs: Any) -> Any:
+        """As caproto's; a name no search can carry raises here (``names.check_names``)
+        instead of ending the search thread, and with it every later connection."""
+        check_names(names)
+        return super().get_pvs(*names, **kwargs)
 
     def get_circuit_manager(self, address: Any, priority: int) -> VirtualCircuitManager:
         """As caproto's, with this module's circuit manager; raises if it cannot connect."""
