@@ -33,6 +33,16 @@ CALLS = [
     # Names: the prefix, and a block's PV in capitals as IBEX's gateway serves it.
     'g.prefix_pv_name("CS:SB:T1")',
     'g.adv.get_pv_from_block("Temp_Sample")',
+    # Names Channel Access cannot carry: refused as CaChannel refuses them, and every
+    # channel after them still connects (the reads below are the first of theirs).
+    "g.get_pv(None)",
+    "g.get_pv(123)",
+    'g.get_pv("")',
+    'g.get_pv("A" + chr(0) + "B")',
+    'g.get_pv("x" * 1008)',
+    "g.set_pv(5, 1)",
+    "W.pv_exists(None)",
+    'g.get_pv("R" * 60, is_local=True)',
     # Reads: values and their Python types.
     'g.get_pv("SIM:LONG", is_local=True)',
     'g.get_pv("SIM:FLOAT", is_local=True)',

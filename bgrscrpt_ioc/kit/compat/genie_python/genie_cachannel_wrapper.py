@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from bgrscrpt_ioc.ca.names import MAX_NAME_BYTES, name_problem
 from genie_python.channel_access_exceptions import (
     InvalidEnumStringException,
     ReadAccessException,
@@ -66,7 +67,27 @@ def _ctx() -> Any:
         return _context
 
 
+def _check_name(name: Any) -> None:
+    """Refuse a name as genie_python's CaChannel does, with its exceptions.
+
+    CaChannel takes a ``str`` or None (TypeError otherwise; ValueError for a NUL);
+    for None, an empty name or one over libca's 1007 bytes, libca creates no
+    channel and CaChannel fails with the odd ValueError below. A name libca would
+    search for but caproto cannot (a record name over 59 characters) is one that
+    does not connect, as it would be wherever no gateway serves it.
+    """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"argument 1 must be str or None, not {type(name).__name__}")
+    if name is not None and "\0" in name:
+        raise ValueError("embedded null character")
+    if name is None or not 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES:
+        raise ValueError("PyCapsule_GetPointer called with invalid PyCapsule object")
+    if name_problem(name) is not None:
+        raise UnableToConnectToPVException(name, "Connection timeout (event)")
+
+
 def _pv(name: str) -> Any:
+    _check_name(name)
     with _lock:
         pv = _pvs.get(name)
     if pv is None:
