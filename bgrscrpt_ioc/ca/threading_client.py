@@ -29,6 +29,12 @@ asyncio one (:mod:`bgrscrpt_ioc.ca.client`); what it gets wrong:
   request refuses (a record part over 59 characters, ``None``, a number)
   raises in the thread that resends searches: no PV of the context connects
   again. Here ``get_pvs`` refuses such a name in the caller (:mod:`.names`).
+* **A refused read or write waits for its timeout.** The server's error reply
+  to a read or write that is waited for is ignored: the caller waits out its
+  whole timeout (genie_python's ``set_pv(..., wait=True)`` has none: for ever),
+  and gets a timeout instead of the refusal. Here the error reply is the
+  answer, at once: ``read``/``write`` return the ``ErrorResponse``, a callback
+  is called with it.
 """
 
 from __future__ import annotations
@@ -162,6 +168,29 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             # bytes of its previous read again: old news, for a circuit that is gone.
             return ca.DISCONNECTED
         return super().received(bytes_recv, address)
+
+    def _process_command(self, command: Any) -> None:
+        if isinstance(command, ca.ErrorResponse):
+            self._answer_with_error(command)
+        super()._process_command(command)
+
+    def _answer_with_error(self, error: Any) -> None:
+        """The server refused a read or write that is waited for: its answer is the
+        error reply (as libca calls back with the error status), not a timeout."""
+        request = error.original_request
+        if request.command not in (ca.ReadNotifyRequest.ID, ca.WriteNotifyRequest.ID):
+            return
+        ioid_info = self.ioids.pop(request.parameter2, None)  # the request's ioid
+        if ioid_info is None:
+            return
+        event = ioid_info.get("event")
+        if event is not None:
+            ioid_info["response"] = error
+            event.set()
+        callback = ioid_info.get("callback")
+        if callback is not None:
+            with contextlib.suppress(RuntimeError):  # shutting down: nobody to tell
+                self.user_callback_executor.submit(callback, error)
 
     def disconnect(self) -> None:
         if self.context.closing:

@@ -96,6 +96,9 @@ CALLS = [
     'g.set_pv("SIM:ARRAY", [1, 2.5, True, 9], is_local=True, wait=True)',
     'g.get_pv("SIM:ARRAY", is_local=True)',
     'g.set_pv("SIM:ENUM", 70000, is_local=True, wait=True)',
+    # A put the server refuses (an index past the states): a put callback with its
+    # error, not a wait for ever.
+    'g.set_pv("SIM:ENUM", 65535, is_local=True, wait=True)',
     'g.get_pv("SIM:ENUM", is_local=True)',
     'g.set_pv("SIM:STRING", 12, is_local=True, wait=True)',
     'g.get_pv("SIM:STRING", is_local=True)',

@@ -47,6 +47,11 @@ CONN_TMO = 1.0  # EPICS_CA_CONN_TMO for the clients: an outage is noticed in abo
 
 class Device(PVGroup):
     value = pvproperty(value=1.0, name="VALUE")
+    refuse = pvproperty(value=0, name="REFUSE")
+
+    @refuse.putter
+    async def refuse(self, instance: Any, value: Any) -> Any:
+        raise ValueError("refused by the device")
 
 
 class Server:
@@ -413,5 +418,23 @@ def test_threading_the_longest_names_a_search_carries_are_searched(link):
         (pv,) = ctx.get_pvs(server.name)
         pv.wait_for_connection(timeout=10)
         assert not any(p.connected for p in far)
+    finally:
+        ctx.disconnect(wait=False)
+
+
+def test_threading_a_put_the_server_refuses_is_answered_at_once(link):
+    # caproto's threading client ignored the server's error reply: a put with
+    # wait=True waited for its whole timeout (for ever, as genie_python waits),
+    # where libca calls back at once with the error.
+    server, _relay = link
+    ctx = ThreadingContext()
+    try:
+        (pv,) = ctx.get_pvs(server.prefix + "REFUSE")
+        pv.wait_for_connection(timeout=10)
+        response = pv.write([1], wait=True, timeout=20)
+        assert isinstance(response, caproto.ErrorResponse)
+        assert response.status.name == "ECA_PUTFAIL"
+        assert b"refused by the device" in bytes(response.error_message)
+        assert pv.read(timeout=10).data[0] == 0
     finally:
         ctx.disconnect(wait=False)

@@ -132,11 +132,20 @@ def _can(pv: Any, what: str) -> bool:
 
 def _read(pv: Any, name: str, data_type: Any = None, timeout: float = TIMEOUT) -> Any:
     try:
-        return pv.read(data_type=data_type, timeout=timeout)
+        response = pv.read(data_type=data_type, timeout=timeout)
     except Exception as exc:
         if not pv.connected:
             raise UnableToConnectToPVException(name, "Connection timeout (event)") from None
         raise CaChannelException(f"{name}: {exc}") from exc
+    if _refused(response):  # the server's error reply: CaChannel raises its status
+        raise CaChannelException(response.status.description)
+    return response
+
+
+def _refused(response: Any) -> bool:
+    from caproto import ErrorResponse
+
+    return isinstance(response, ErrorResponse)
 
 
 def _text(item: Any) -> str:
@@ -264,6 +273,8 @@ class CaChannelWrapper:
         data, data_type = _as_libca_sends(value, pv)
         try:
             if wait:
+                # A put the server refuses ends the wait with its error reply, which
+                # genie_python's put callback ignores as this does.
                 pv.write(data, wait=True, timeout=None, data_type=data_type)
             else:
                 pv.write(data, wait=False, notify=False, data_type=data_type)
