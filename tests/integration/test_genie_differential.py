@@ -85,6 +85,11 @@ CALLS = [
     'g.get_pv("SIM:LONG", is_local=True)',
     'g.set_pv("SIM:TEXT", "new text", is_local=True, wait=True)',
     'g.get_pv("SIM:TEXT", is_local=True)',
+    # Text that fills a char waveform, or more: every element is written, no NUL.
+    'g.set_pv("SIM:TEXT", "z" * 100, is_local=True, wait=True)',
+    'g.get_pv("SIM:TEXT", is_local=True)',
+    'g.set_pv("SIM:TEXT", "x" * 101, is_local=True, wait=True)',
+    'g.get_pv("SIM:TEXT", is_local=True)',
     # Values of the wrong kind, converted as CaChannel converts them (not always kindly).
     'g.set_pv("SIM:LONG", 7.9, is_local=True, wait=True)',
     'g.get_pv("SIM:LONG", is_local=True)',

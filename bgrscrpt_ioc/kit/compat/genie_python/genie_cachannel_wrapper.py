@@ -197,8 +197,9 @@ def _as_libca_sends(value: Any, pv: Any) -> tuple[list[Any], Any]:
     ct = _types()
     native, count = _native(pv), max(1, _count(pv))
     if isinstance(value, str) and native == ct.CHAR:
-        raw = list(value.encode("utf-8"))[: count - 1] + [0]
-        return raw, None
+        # Its NUL only where there is room: text that fills the waveform fills it all.
+        raw = list(value.encode("utf-8"))[:count]
+        return (raw + [0] if len(raw) < count else raw), None
     lone = not isinstance(value, list | tuple) and not hasattr(value, "tolist")
     items = [value] if lone else list(value.tolist() if hasattr(value, "tolist") else value)
     if native == ct.STRING:
