@@ -107,6 +107,11 @@ CALLS = [
     'g.get_pv("SIM:ENUM", is_local=True)',
     'g.set_pv("SIM:STRING", 12, is_local=True, wait=True)',
     'g.get_pv("SIM:STRING", is_local=True)',
+    # A DBR_STRING holds 39 characters: a longer text is refused, nothing written.
+    'g.set_pv("SIM:STRING", "y" * 39, is_local=True, wait=True)',
+    'g.get_pv("SIM:STRING", is_local=True)',
+    'g.set_pv("SIM:STRING", "w" * 40, is_local=True, wait=True)',
+    'g.get_pv("SIM:STRING", is_local=True)',
     'g.set_pv("SIM:ENUM", 1.0, is_local=True, wait=True)',
     'g.get_pv("SIM:ENUM", is_local=True)',
     'g.set_pv("SIM:RO", 1, is_local=True)',

@@ -47,8 +47,16 @@ _pvs: dict[str, Any] = {}
 _monitors: dict[int, tuple[Any, ...]] = {}
 
 
+_STRING_SIZE = 40
+"""Bytes of a DBR_STRING, its NUL included."""
+
+
 class CaChannelException(Exception):  # noqa: N818 - CaChannel's name
     """A Channel Access failure below genie_python (CaChannel's exception class)."""
+
+
+# Named as CaChannel's own in a traceback (what a script's LOG shows), as on IBEX.
+CaChannelException.__module__ = "CaChannel.CaChannel"
 
 
 def _ctx() -> Any:
@@ -203,8 +211,11 @@ def _as_libca_sends(value: Any, pv: Any) -> tuple[list[Any], Any]:
     lone = not isinstance(value, list | tuple) and not hasattr(value, "tolist")
     items = [value] if lone else list(value.tolist() if hasattr(value, "tolist") else value)
     if native == ct.STRING:
-        return [i if isinstance(i, bytes) else i.encode("utf-8") if isinstance(i, str) else b""
-                for i in items[:count]], None  # fmt: skip
+        texts = [i if isinstance(i, bytes) else i.encode("utf-8") if isinstance(i, str) else b""
+                 for i in items[:count]]  # fmt: skip
+        if any(len(t) >= _STRING_SIZE for t in texts):
+            raise CaChannelException("Invalid string")  # CaChannel's words; nothing is written
+        return texts, None
     if native in (ct.DOUBLE, ct.FLOAT):
         if lone:
             return [float(value)], None  # raises as CaChannel does for "abc"
