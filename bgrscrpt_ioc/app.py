@@ -177,7 +177,8 @@ def _clean_leftovers(db: StateDB, containment: Containment) -> None:
     for run in db.open_runs():
         if not swept.get(run.slot):
             log.warning(
-                "%s: the run of pid %d ended when the previous IOC died (killed by SIGKILL)",
+                # %r: a pid edited into the file by hand may be anything
+                "%s: the run of pid %r ended when the previous IOC died (killed by SIGKILL)",
                 run.slot,
                 run.pid,
             )
