@@ -178,7 +178,8 @@ def _clean_leftovers(db: StateDB, containment: Containment) -> None:
     for run in db.open_runs():
         if not swept.get(run.slot):
             log.warning(
-                "%s: the run of pid %d ended when the previous IOC died (killed by SIGKILL)",
+                # %r: a pid edited into the file by hand may be anything
+                "%s: the run of pid %r ended when the previous IOC died (killed by SIGKILL)",
                 run.slot,
                 run.pid,
             )
@@ -331,8 +332,9 @@ async def run_ioc(options: IocOptions) -> int:
         log.info("shutting down: stopping every script")
         return 0
     finally:
-        for signum in STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
+        # The stop signals' handlers stay until the very end: a second Ctrl-C or
+        # SIGTERM while a script takes its stop timeout is "already stopping", not
+        # the default action that would cut the stop short, its runs unrecorded.
         # Scripts first: nothing may outlive the IOC.
         await asyncio.gather(*(r.shutdown() for r in runners), return_exceptions=True)
         if watches is not None:
@@ -348,6 +350,8 @@ async def run_ioc(options: IocOptions) -> int:
             guardian.close()
         await db.aclose()  # what could not be saved is logged there, change by change
         lock.release()
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
 
 def main_loop(options: IocOptions) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bgrscrpt_ioc.ca.names import name_problem
 from bgrscrpt_ioc.core.endpoint import host_problem, ip_problem, network_problem, parse_endpoint
 from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, AutoRestart, Policy
 from bgrscrpt_ioc.core.watch import NAMES_LIMIT, SEVERITY_NAMES, Level, WatchPolicy
@@ -417,6 +418,10 @@ class _Validator:
             or not all(isinstance(p, str) and _PV_NAME.fullmatch(p) for p in pvs)
         ):
             raise fail("pvs", "must be a non-empty list of PV names")
+        for pv in pvs:
+            problem = name_problem(pv)
+            if problem is not None:
+                raise fail("pvs", f"{pv}: {problem}")
         severity = entry.get("severity", "INVALID")
         if severity not in SEVERITY_NAMES:
             raise fail("severity", f"must be one of {list(SEVERITY_NAMES)}")

@@ -35,6 +35,10 @@ chooses the circuit manager below. What stock caproto gets wrong:
 * **Every circuit leaks a task.** Each circuit's callback executor keeps a task
   waiting for callbacks for ever, also after the circuit died. Here callbacks
   run in a task that exists only while some are queued.
+* **One name it cannot search ends every search.** A name caproto's search
+  request refuses (a record part over 59 characters, a non-string) raises in
+  the task that resends searches: no PV of the context connects again. Here
+  ``get_pvs`` refuses such a name in the caller (:mod:`.names`).
 
 :meth:`Context.recreate` gives a PV that has gone silent a fresh start.
 """
@@ -57,6 +61,7 @@ from caproto.asyncio import client as _stock
 from caproto.client import search_results as _search_results
 
 from ..core.reconnect import CircuitRetry
+from .names import check_names
 
 log = logging.getLogger("bgrscrpt_ioc.ca.client")
 
@@ -232,6 +237,12 @@ class Context(_stock.Context):
     def closing(self) -> bool:
         """The user is disconnecting this context (or has)."""
         return bool(self._user_disconnected)
+
+    async def get_pvs(self, *names: Any, **kwargs: Any) -> Any:
+        """As caproto's; a name no search can carry raises here (``names.check_names``)
+        instead of ending the search task, and with it every later connection."""
+        check_names(names)
+        return await super().get_pvs(*names, **kwargs)
 
     def get_circuit_manager(self, address: Any, priority: int) -> VirtualCircuitManager:
         """As caproto's, with this module's circuit manager."""

@@ -25,6 +25,16 @@ asyncio one (:mod:`bgrscrpt_ioc.ca.client`); what it gets wrong:
   selector thread passes the circuit the bytes of its previous read again
   (a variable left over from the last turn of its loop): old monitor updates
   processed twice, and a traceback in the log. Here a dead circuit ignores them.
+* **One name it cannot search ends every search.** A name caproto's search
+  request refuses (a record part over 59 characters, ``None``, a number)
+  raises in the thread that resends searches: no PV of the context connects
+  again. Here ``get_pvs`` refuses such a name in the caller (:mod:`.names`).
+* **A refused read or write waits for its timeout.** The server's error reply
+  to a read or write that is waited for is ignored: the caller waits out its
+  whole timeout (genie_python's ``set_pv(..., wait=True)`` has none: for ever),
+  and gets a timeout instead of the refusal. Here the error reply is the
+  answer, at once: ``read``/``write`` return the ``ErrorResponse``, a callback
+  is called with it.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import caproto as ca
 from caproto.threading import client as _stock
 
 from ..core.reconnect import CircuitRetry
+from .names import check_names
 
 log = logging.getLogger("bgrscrpt_ioc.ca.client")
 
@@ -158,6 +169,29 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             return ca.DISCONNECTED
         return super().received(bytes_recv, address)
 
+    def _process_command(self, command: Any) -> None:
+        if isinstance(command, ca.ErrorResponse):
+            self._answer_with_error(command)
+        super()._process_command(command)
+
+    def _answer_with_error(self, error: Any) -> None:
+        """The server refused a read or write that is waited for: its answer is the
+        error reply (as libca calls back with the error status), not a timeout."""
+        request = error.original_request
+        if request.command not in (ca.ReadNotifyRequest.ID, ca.WriteNotifyRequest.ID):
+            return
+        ioid_info = self.ioids.pop(request.parameter2, None)  # the request's ioid
+        if ioid_info is None:
+            return
+        event = ioid_info.get("event")
+        if event is not None:
+            ioid_info["response"] = error
+            event.set()
+        callback = ioid_info.get("callback")
+        if callback is not None:
+            with contextlib.suppress(RuntimeError):  # shutting down: nobody to tell
+                self.user_callback_executor.submit(callback, error)
+
     def disconnect(self) -> None:
         if self.context.closing:
             super().disconnect()
@@ -179,6 +213,12 @@ class Context(_stock.Context):
     def closing(self) -> bool:
         """The user is disconnecting this context (or has)."""
         return bool(getattr(self, "_user_disconnected", False))
+
+    def get_pvs(self, *names: Any, **kwargs: Any) -> Any:
+        """As caproto's; a name no search can carry raises here (``names.check_names``)
+        instead of ending the search thread, and with it every later connection."""
+        check_names(names)
+        return super().get_pvs(*names, **kwargs)
 
     def get_circuit_manager(self, address: Any, priority: int) -> VirtualCircuitManager:
         """As caproto's, with this module's circuit manager; raises if it cannot connect."""

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from caproto import AccessRights, AlarmSeverity, CaprotoError, ChannelType
+from caproto import AccessRights, AlarmSeverity, CaprotoError, ChannelType, ErrorResponse
 
 from ..ca.threading_client import PV, Context
 
@@ -109,6 +109,8 @@ class Client:
             response = pv.read(data_type=data_type, timeout=self.timeout)
         except (TimeoutError, CaprotoError) as exc:
             raise CaError(f"read of {self.name(suffix)} failed: {exc}") from None
+        if isinstance(response, ErrorResponse):
+            raise CaError(f"read of {self.name(suffix)} refused: {_reason(response)}")
         return Reading(_decode(pv, response.data), int(response.metadata.severity))
 
     def index(self, suffix: str) -> int | None:
@@ -120,6 +122,8 @@ class Client:
             response = pv.read(data_type="native", timeout=self.timeout)
         except (TimeoutError, CaprotoError) as exc:
             raise CaError(f"read of {self.name(suffix)} failed: {exc}") from None
+        if isinstance(response, ErrorResponse):
+            raise CaError(f"read of {self.name(suffix)} refused: {_reason(response)}")
         return int(response.data[0])
 
     def value(self, suffix: str) -> Any:
@@ -133,9 +137,11 @@ class Client:
             raise CaError(f"no write access to {self.name(suffix)} from this host and user")
         data = [value.encode()] if isinstance(value, str) else [value]
         try:
-            pv.write(data, wait=True, timeout=max(self.timeout, 5.0))
+            response = pv.write(data, wait=True, timeout=max(self.timeout, 5.0))
         except (TimeoutError, CaprotoError) as exc:
             raise CaError(f"put to {self.name(suffix)} failed: {_first_line(exc)}") from None
+        if isinstance(response, ErrorResponse):
+            raise CaError(f"put to {self.name(suffix)} refused: {_reason(response)}")
 
     def follow(self, suffix: str) -> queue.Queue[Any]:
         """Every update of ``suffix`` (None when the connection drops) onto a queue."""
@@ -155,6 +161,12 @@ class Client:
         sub = pv.subscribe(data_type="time")
         sub.add_callback(on_update)
         return updates
+
+
+def _reason(error: ErrorResponse) -> str:
+    """The server's words for a refusal (its message, else its status)."""
+    text = bytes(error.error_message).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+    return text or error.status.description
 
 
 def _first_line(exc: BaseException) -> str:

@@ -67,6 +67,12 @@ class Monitors:
         self._store(sub.pv.name, response, update=True)
 
     def _on_read(self, name: str, response) -> None:
+        from caproto import ErrorResponse
+
+        if isinstance(response, ErrorResponse):  # the server refused the read: a gap
+            with self._lock:
+                self._values.pop(name, None)
+            return
         self._store(name, response, update=False)
 
     def _store(self, name: str, response, update: bool) -> None:

@@ -29,7 +29,12 @@ class PvRestartError(Exception):
 async def restart(context: Context, prefix: str, ioc: str) -> str:
     """Restart ``ioc`` through procServControl; return what STATUS showed, in words."""
     base = f"{prefix}CS:PS:{ioc}:"
-    restart_pv, status_pv = await context.get_pvs(f"{base}RESTART", f"{base}STATUS", timeout=None)
+    try:
+        restart_pv, status_pv = await context.get_pvs(
+            f"{base}RESTART", f"{base}STATUS", timeout=None
+        )
+    except ValueError as exc:  # a name too long for a search (a long prefix and IOC name)
+        raise PvRestartError(f"{base}RESTART: {exc}") from None
     for pv in (restart_pv, status_pv):
         try:
             await pv.wait_for_connection(timeout=CONNECT_TIMEOUT)

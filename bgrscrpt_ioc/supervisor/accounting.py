@@ -3,13 +3,16 @@
 With a cgroup per slot: CPU from ``cpu.stat`` (every process that ran in it,
 those already gone included), the processes from ``cgroup.procs``, memory from
 ``memory.stat`` when the memory controller is on for it, else the sum of the
-processes' RSS. Without cgroups: the slot's processes are found below the
+processes' memory. Without cgroups: the slot's processes are found below the
 keeper (``proctree.slot_members``), CPU is the growth of their user + system
-time (and of their reaped children's), RSS their sum.
+time (and of their reaped children's), memory theirs. A process's memory is
+its RSS; several processes' is the sum of their PSS, so that pages a forked
+worker shares with its parent count once (``proctree.tree_memory_bytes``).
 
 A sample reads a few small /proc and cgroup files per process: tens of µs for
-a slot, on the event loop, every 2 s. ``BGRSCRPT_ACCOUNTING=off`` turns it off
-(the bench measures what it costs).
+a slot, on the event loop, every 2 s (more for a tree of several large
+processes, whose PSS the kernel sums page by page: about 1 ms per 100 MB).
+``BGRSCRPT_ACCOUNTING=off`` turns it off (the bench measures what it costs).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class SlotMeter:
                 cpu = max(used - self._last_cpu_usec, 0) / 1e6 / elapsed * 100
             self._last_cpu_usec = used
             memory = cgroups.memory_bytes(self.cgroup)
-            rss = memory if memory is not None else sum(map(proctree.rss_bytes, pids))
+            rss = memory if memory is not None else proctree.tree_memory_bytes(pids)
             return Usage(cpu, rss, len(pids))
         pids = self._members()
         ticks: dict[int, tuple[int, int]] = {}
@@ -105,7 +108,7 @@ class SlotMeter:
         self._last_ticks = ticks
         self._last_boot = booted
         cpu = spent / proctree.CLOCK_TICKS / elapsed * 100 if elapsed else 0.0
-        return Usage(cpu, sum(map(proctree.rss_bytes, ticks)), len(ticks))
+        return Usage(cpu, proctree.tree_memory_bytes(list(ticks)), len(ticks))
 
     def _members(self) -> list[int]:
         keeper, leaders = self._keeper()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 MARK_VAR = "BGRSCRPT_MARK"
 """Set for every script to ``<instance>/<slot>``; every process it starts inherits it."""
@@ -92,6 +92,33 @@ def rss_bytes(pid: int) -> int:
             return int(f.read().split()[1]) * PAGE_SIZE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid``: each page it shares counted as its share
+    (``/proc/PID/smaps_rollup``); its RSS when that cannot be read, 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return rss_bytes(pid)
+
+
+def tree_memory_bytes(pids: Sequence[int]) -> int:
+    """Resident memory of a group of processes, each page counted once.
+
+    Summed RSS counts a page once per process that maps it: a script that forks
+    workers after filling its memory (multiprocessing, ``os.fork``) would show,
+    and be limited on, a multiple of what it uses. So for more than one process,
+    the sum of their PSS; for one, its RSS (cheap: PSS walks every page table,
+    ms for a large process).
+    """
+    if len(pids) == 1:
+        return rss_bytes(pids[0])
+    return sum(map(pss_bytes, pids))
 
 
 def cpu_ticks(pid: int) -> tuple[int, int] | None:

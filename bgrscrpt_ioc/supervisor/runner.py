@@ -89,8 +89,17 @@ class SlotRunner:
 
     def _saved_autorestart(self) -> AutoRestart:
         saved = self.db.setting(self.name, "AUTORESTART")
-        if saved is not None and saved.isdigit() and int(saved) in AutoRestart._value2member_map_:
+        if saved is None:
+            return self.settings.autorestart
+        if saved.isdigit() and int(saved) in AutoRestart._value2member_map_:
             return AutoRestart(int(saved))
+        # saved by an older version, or edited by hand
+        log.warning(
+            "%s: ignoring the saved AUTORESTART %r: must be 0 to %d",
+            self.name,
+            saved,
+            len(AutoRestart) - 1,
+        )
         return self.settings.autorestart
 
     def _saved_watchdog(self) -> float:

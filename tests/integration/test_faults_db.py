@@ -176,3 +176,24 @@ def test_sigkill_during_a_run_records_it_as_killed_at_the_next_start(
     assert saved_runs(second.var_dir)[0] == (pid, 1, -9, "ioc-exit")
     assert "ended when the previous IOC died (killed by SIGKILL)" in second.output()
     assert second.stop() == 0
+
+
+def test_values_edited_into_the_database_by_hand_are_ignored_with_a_warning(make_ioc, config_dir):
+    ioc = start_running(make_ioc, config_dir)
+    assert ioc.stop() == 0
+    db = sqlite3.connect(ioc.var_dir / "state.sqlite")
+    with db:
+        db.execute("INSERT OR REPLACE INTO settings VALUES (?, 'AUTORESTART', '7')", (S01,))
+        db.execute("INSERT OR REPLACE INTO settings VALUES (?, 'WATCHDOG', 'soon')", (S01,))
+        db.execute("INSERT INTO runs (slot, pid, started) VALUES (?, 'abc', 'then')", (S01,))
+    db.close()
+    again = make_ioc(None, slots=1, var_dir=ioc.var_dir).start()
+    again.wait_status("RUNNING")
+    assert again.get(f"{S01}:AUTORESTART", as_string=True) == "On failure"
+    assert again.get(f"{S01}:WATCHDOG") == 0
+    again.stop()
+    out = again.output()
+    assert "ignoring the saved AUTORESTART '7'" in out, out
+    assert "ignoring the saved WATCHDOG 'soon'" in out, out
+    assert "the run of pid 'abc' ended when the previous IOC died" in out, out
+    assert "Traceback" not in out and "Logging error" not in out, out

@@ -33,6 +33,16 @@ CALLS = [
     # Names: the prefix, and a block's PV in capitals as IBEX's gateway serves it.
     'g.prefix_pv_name("CS:SB:T1")',
     'g.adv.get_pv_from_block("Temp_Sample")',
+    # Names Channel Access cannot carry: refused as CaChannel refuses them, and every
+    # channel after them still connects (the reads below are the first of theirs).
+    "g.get_pv(None)",
+    "g.get_pv(123)",
+    'g.get_pv("")',
+    'g.get_pv("A" + chr(0) + "B")',
+    'g.get_pv("x" * 1008)',
+    "g.set_pv(5, 1)",
+    "W.pv_exists(None)",
+    'g.get_pv("R" * 60, is_local=True)',
     # Reads: values and their Python types.
     'g.get_pv("SIM:LONG", is_local=True)',
     'g.get_pv("SIM:FLOAT", is_local=True)',
@@ -75,6 +85,11 @@ CALLS = [
     'g.get_pv("SIM:LONG", is_local=True)',
     'g.set_pv("SIM:TEXT", "new text", is_local=True, wait=True)',
     'g.get_pv("SIM:TEXT", is_local=True)',
+    # Text that fills a char waveform, or more: every element is written, no NUL.
+    'g.set_pv("SIM:TEXT", "z" * 100, is_local=True, wait=True)',
+    'g.get_pv("SIM:TEXT", is_local=True)',
+    'g.set_pv("SIM:TEXT", "x" * 101, is_local=True, wait=True)',
+    'g.get_pv("SIM:TEXT", is_local=True)',
     # Values of the wrong kind, converted as CaChannel converts them (not always kindly).
     'g.set_pv("SIM:LONG", 7.9, is_local=True, wait=True)',
     'g.get_pv("SIM:LONG", is_local=True)',
@@ -86,8 +101,16 @@ CALLS = [
     'g.set_pv("SIM:ARRAY", [1, 2.5, True, 9], is_local=True, wait=True)',
     'g.get_pv("SIM:ARRAY", is_local=True)',
     'g.set_pv("SIM:ENUM", 70000, is_local=True, wait=True)',
+    # A put the server refuses (an index past the states): a put callback with its
+    # error, not a wait for ever.
+    'g.set_pv("SIM:ENUM", 65535, is_local=True, wait=True)',
     'g.get_pv("SIM:ENUM", is_local=True)',
     'g.set_pv("SIM:STRING", 12, is_local=True, wait=True)',
+    'g.get_pv("SIM:STRING", is_local=True)',
+    # A DBR_STRING holds 39 characters: a longer text is refused, nothing written.
+    'g.set_pv("SIM:STRING", "y" * 39, is_local=True, wait=True)',
+    'g.get_pv("SIM:STRING", is_local=True)',
+    'g.set_pv("SIM:STRING", "w" * 40, is_local=True, wait=True)',
     'g.get_pv("SIM:STRING", is_local=True)',
     'g.set_pv("SIM:ENUM", 1.0, is_local=True, wait=True)',
     'g.get_pv("SIM:ENUM", is_local=True)',

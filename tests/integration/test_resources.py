@@ -132,3 +132,32 @@ def run_of(ioc: Ioc, pid: int) -> tuple[str, int] | None:
     finally:
         db.close()
     return None if row is None else (str(row[0]), int(row[1]))
+
+
+# ~60 MB touched once, then three forked workers that only sleep: the pages are
+# shared copy-on-write, so the tree uses ~70 MB however many processes map them.
+FORKED_WORKERS = """
+import os, time
+ballast = bytearray(60 * 2**20)
+for i in range(0, len(ballast), 4096): ballast[i] = 1
+for _ in range(3):
+    if os.fork() == 0:
+        while True:
+            time.sleep(1)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_memory_shared_by_forked_workers_is_counted_once(mechanism, make_ioc, config_dir):
+    write_script(config_dir, "background_script.py", FORKED_WORKERS)
+    ioc = start(make_ioc, mechanism, SETTINGS + "memory_max = 150\n")
+    ioc.wait_status("RUNNING")
+    # The figures of one sample that saw every worker: the limit was judged on them.
+    wait_for(
+        lambda: ioc.get(f"{S01}:NPROC") == 4 and (ioc.get(f"{S01}:RSS") or 0) >= 60,
+        15,
+        "NPROC 4 and the ballast in RSS",
+    )
+    assert ioc.get(f"{S01}:RSS") < 150
+    assert ioc.status() == "RUNNING", caget_text(ioc, f"{S01}:MSG")

@@ -34,6 +34,8 @@ BAD_WATCHES = [
      "watch.ZF.pvs", "non-empty"),
     ("empty pvs", GOOD.replace('["IN:EMU:ZFCNTRL_01:FIELD:MAGNITUDE"]', "[]"), 3,
      "watch.ZF.pvs", "non-empty"),
+    ("a PV name no search carries", GOOD.replace("ZFCNTRL_01:FIELD", "Z" * 60), 3,
+     "watch.ZF.pvs", "at most 59 can be searched for"),
     ("no restart", GOOD.replace('restart = ["ZFCNTRL_01"]\n', ""), 1, "watch.ZF.restart",
      "IOC names"),
     ("no procServ endpoint", GOOD.replace('procserv = { ZFCNTRL_01 = "127.0.0.1:20001" }\n', ""),

@@ -47,6 +47,11 @@ CONN_TMO = 1.0  # EPICS_CA_CONN_TMO for the clients: an outage is noticed in abo
 
 class Device(PVGroup):
     value = pvproperty(value=1.0, name="VALUE")
+    refuse = pvproperty(value=0, name="REFUSE")
+
+    @refuse.putter
+    async def refuse(self, instance: Any, value: Any) -> Any:
+        raise ValueError("refused by the device")
 
 
 class Server:
@@ -242,6 +247,19 @@ async def test_a_lost_circuit_leaves_no_task_behind(link):
         assert not left
 
 
+async def test_a_name_no_search_carries_is_refused_and_harms_nothing(link):
+    # caproto's task that resends searches died on it: no later PV connected.
+    server, _relay = link
+    ctx = AsyncContext()
+    try:
+        with pytest.raises(ValueError):
+            await ctx.get_pvs("X" * 60)
+        (pv,) = await ctx.get_pvs(server.name)
+        await pv.wait_for_connection(timeout=10)
+    finally:
+        await ctx.disconnect()
+
+
 def _owner(task: asyncio.Task) -> Any:
     frame = getattr(task.get_coro(), "cr_frame", None)
     return None if frame is None else frame.f_locals.get("self")
@@ -373,3 +391,50 @@ def test_threading_a_reset_circuit_is_not_handed_old_data(link, caplog):
     # caproto's selector hands the dead circuit the update before the reset again.
     assert values.count(5.0) == 1, values
     assert not [r for r in caplog.records if "Invalid command" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    "bad", [None, 123, b"NAME", "", "a\0b", "x" * 60, "x.F" + "F" * 1005, "é" * 504]
+)
+def test_threading_a_name_channel_access_cannot_carry_is_refused_and_harms_nothing(link, bad):
+    # caproto queued it for its search thread, which died encoding it: no later
+    # PV of the context connected. libca refuses such names when asked.
+    server, _relay = link
+    ctx = ThreadingContext()
+    try:
+        with pytest.raises((TypeError, ValueError)):
+            ctx.get_pvs(bad)
+        (pv,) = ctx.get_pvs(server.name)
+        pv.wait_for_connection(timeout=10)
+    finally:
+        ctx.disconnect(wait=False)
+
+
+def test_threading_the_longest_names_a_search_carries_are_searched(link):
+    server, _relay = link
+    ctx = ThreadingContext()
+    try:
+        far = ctx.get_pvs("x" * 59, "x" * 59 + "." + "F" * 947)  # 1007 bytes in all
+        (pv,) = ctx.get_pvs(server.name)
+        pv.wait_for_connection(timeout=10)
+        assert not any(p.connected for p in far)
+    finally:
+        ctx.disconnect(wait=False)
+
+
+def test_threading_a_put_the_server_refuses_is_answered_at_once(link):
+    # caproto's threading client ignored the server's error reply: a put with
+    # wait=True waited for its whole timeout (for ever, as genie_python waits),
+    # where libca calls back at once with the error.
+    server, _relay = link
+    ctx = ThreadingContext()
+    try:
+        (pv,) = ctx.get_pvs(server.prefix + "REFUSE")
+        pv.wait_for_connection(timeout=10)
+        response = pv.write([1], wait=True, timeout=20)
+        assert isinstance(response, caproto.ErrorResponse)
+        assert response.status.name == "ECA_PUTFAIL"
+        assert b"refused by the device" in bytes(response.error_message)
+        assert pv.read(timeout=10).data[0] == 0
+    finally:
+        ctx.disconnect(wait=False)

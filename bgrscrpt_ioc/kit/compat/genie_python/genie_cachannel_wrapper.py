@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from bgrscrpt_ioc.ca.names import MAX_NAME_BYTES, name_problem
 from genie_python.channel_access_exceptions import (
     InvalidEnumStringException,
     ReadAccessException,
@@ -46,8 +47,16 @@ _pvs: dict[str, Any] = {}
 _monitors: dict[int, tuple[Any, ...]] = {}
 
 
+_STRING_SIZE = 40
+"""Bytes of a DBR_STRING, its NUL included."""
+
+
 class CaChannelException(Exception):  # noqa: N818 - CaChannel's name
     """A Channel Access failure below genie_python (CaChannel's exception class)."""
+
+
+# Named as CaChannel's own in a traceback (what a script's LOG shows), as on IBEX.
+CaChannelException.__module__ = "CaChannel.CaChannel"
 
 
 def _ctx() -> Any:
@@ -66,7 +75,27 @@ def _ctx() -> Any:
         return _context
 
 
+def _check_name(name: Any) -> None:
+    """Refuse a name as genie_python's CaChannel does, with its exceptions.
+
+    CaChannel takes a ``str`` or None (TypeError otherwise; ValueError for a NUL);
+    for None, an empty name or one over libca's 1007 bytes, libca creates no
+    channel and CaChannel fails with the odd ValueError below. A name libca would
+    search for but caproto cannot (a record name over 59 characters) is one that
+    does not connect, as it would be wherever no gateway serves it.
+    """
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"argument 1 must be str or None, not {type(name).__name__}")
+    if name is not None and "\0" in name:
+        raise ValueError("embedded null character")
+    if name is None or not 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES:
+        raise ValueError("PyCapsule_GetPointer called with invalid PyCapsule object")
+    if name_problem(name) is not None:
+        raise UnableToConnectToPVException(name, "Connection timeout (event)")
+
+
 def _pv(name: str) -> Any:
+    _check_name(name)
     with _lock:
         pv = _pvs.get(name)
     if pv is None:
@@ -111,11 +140,20 @@ def _can(pv: Any, what: str) -> bool:
 
 def _read(pv: Any, name: str, data_type: Any = None, timeout: float = TIMEOUT) -> Any:
     try:
-        return pv.read(data_type=data_type, timeout=timeout)
+        response = pv.read(data_type=data_type, timeout=timeout)
     except Exception as exc:
         if not pv.connected:
             raise UnableToConnectToPVException(name, "Connection timeout (event)") from None
         raise CaChannelException(f"{name}: {exc}") from exc
+    if _refused(response):  # the server's error reply: CaChannel raises its status
+        raise CaChannelException(response.status.description)
+    return response
+
+
+def _refused(response: Any) -> bool:
+    from caproto import ErrorResponse
+
+    return isinstance(response, ErrorResponse)
 
 
 def _text(item: Any) -> str:
@@ -167,13 +205,17 @@ def _as_libca_sends(value: Any, pv: Any) -> tuple[list[Any], Any]:
     ct = _types()
     native, count = _native(pv), max(1, _count(pv))
     if isinstance(value, str) and native == ct.CHAR:
-        raw = list(value.encode("utf-8"))[: count - 1] + [0]
-        return raw, None
+        # Its NUL only where there is room: text that fills the waveform fills it all.
+        raw = list(value.encode("utf-8"))[:count]
+        return (raw + [0] if len(raw) < count else raw), None
     lone = not isinstance(value, list | tuple) and not hasattr(value, "tolist")
     items = [value] if lone else list(value.tolist() if hasattr(value, "tolist") else value)
     if native == ct.STRING:
-        return [i if isinstance(i, bytes) else i.encode("utf-8") if isinstance(i, str) else b""
-                for i in items[:count]], None  # fmt: skip
+        texts = [i if isinstance(i, bytes) else i.encode("utf-8") if isinstance(i, str) else b""
+                 for i in items[:count]]  # fmt: skip
+        if any(len(t) >= _STRING_SIZE for t in texts):
+            raise CaChannelException("Invalid string")  # CaChannel's words; nothing is written
+        return texts, None
     if native in (ct.DOUBLE, ct.FLOAT):
         if lone:
             return [float(value)], None  # raises as CaChannel does for "abc"
@@ -243,6 +285,8 @@ class CaChannelWrapper:
         data, data_type = _as_libca_sends(value, pv)
         try:
             if wait:
+                # A put the server refuses ends the wait with its error reply, which
+                # genie_python's put callback ignores as this does.
                 pv.write(data, wait=True, timeout=None, data_type=data_type)
             else:
                 pv.write(data, wait=False, notify=False, data_type=data_type)
