@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+import resource
 import socket
 import threading
 import time
@@ -684,4 +687,75 @@ async def test_a_client_that_never_reads_its_replies_is_dropped_and_delays_nobod
             watcher.close()
     lines = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
     assert len(lines) == 1 and "greedy-user" in lines[0], lines
+    assert problems(caplog) == []
+
+
+# ---- accepting connections -------------------------------------------------------------
+
+
+@caproto_fix
+async def test_running_out_of_descriptors_is_one_line_and_accepting_resumes(monkeypatch, caplog):
+    """asyncio logged a traceback for each failed accept() (up to 100 a turn of the loop,
+    each scheduling as many retries): thousands a second while descriptors ran out."""
+    caplog.set_level(logging.WARNING)
+    group = Served(prefix())
+    async with ca_server(group.pvdb, monkeypatch) as served:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir("/proc/self/fd"))
+        waiting: list[socket.socket] = []
+        try:
+            # Each connection costs this process two descriptors (both ends): the
+            # server can accept none once the clients' ends are made.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 20, hard))
+            for _ in range(20):
+                with contextlib.suppress(OSError):
+                    waiting.append(socket.create_connection(("127.0.0.1", served.port)))
+            assert len(waiting) >= 10
+            await until(
+                lambda: any("cannot accept CA clients" in r.getMessage() for r in caplog.records),
+                "the server to find it cannot accept",
+            )
+            # Long enough for many retries; a condition cannot say that none happened.
+            await asyncio.sleep(1.5)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        try:
+            await until(lambda: len(served.context.circuits) == len(waiting), "every connection")
+        finally:
+            for sock in waiting:
+                sock.close()
+        await until(lambda: not served.context.circuits, "the circuits to end")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "accept" in line] == [
+        next(line for line in lines if "cannot accept CA clients" in line)
+    ], lines[:20]
+    assert problems(caplog) == []
+
+
+async def test_connections_past_the_bound_are_closed_at_once_with_one_line(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    group = Served(prefix())
+    async with ca_server(group.pvdb, monkeypatch) as served:
+        served.context.limits = dataclasses.replace(served.context.limits, max_clients=3)
+        await until(lambda: served.context.open_connections == 0, "the probe's end")
+        held = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(3)]
+        try:
+            await until(lambda: len(served.context.circuits) == 3, "three circuits")
+            refused = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(5)]
+            for sock in refused:  # closed by the server: end of file, no descriptor kept
+                sock.settimeout(5)
+                assert await asyncio.to_thread(sock.recv, 1) == b""
+                sock.close()
+            assert served.context.open_connections == 3
+        finally:
+            for sock in held:
+                sock.close()
+        await until(lambda: served.context.open_connections == 0, "the connections to end")
+        client = await asyncio.to_thread(RawClient, served.port)  # room again
+        try:
+            await asyncio.to_thread(client.channel, group.a.pvname)
+        finally:
+            client.close()
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and "3 clients connected" in lines[0], lines
     assert problems(caplog) == []
