@@ -45,6 +45,15 @@ REQUESTS = frozenset(
     if cls.ID is not None
 )
 """The command ids a client may send."""
+DBR_TYPES = frozenset(int(t) for t in ca.ChannelType)
+"""The DBR types that exist (EPICS base's ``dbr_type_is_valid``)."""
+_TYPED_REQUESTS = (
+    ca.EventAddRequest,
+    ca.ReadNotifyRequest,
+    ca.ReadRequest,
+    ca.WriteRequest,
+    ca.WriteNotifyRequest,
+)
 
 
 class RequestHandling:
@@ -122,6 +131,14 @@ class RequestHandling:
 
     async def _command_queue_iteration(self, command: Any) -> list[Any] | None:
         """caproto's handling of one request, with the client's faults kept to one line."""
+        if isinstance(command, _TYPED_REQUESTS) and command.header.data_type not in DBR_TYPES:
+            # As rsrv: ECA_BADTYPE. caproto met it deep in a conversion (a ValueError
+            # from the enum module, logged as this IOC's bug, with its traceback).
+            data_type = command.header.data_type
+            self.fault(
+                "request", f"{type(command).__name__} for DBR type {data_type}: no such type"
+            )
+            return self._refusal(command, ca.CAStatus.ECA_BADTYPE, f"no DBR type {data_type}")
         if isinstance(command, ca.EventAddRequest) and command.subscriptionid in self._live_ids:
             # caproto's protocol state keeps one subscription per id: a second one
             # would take the first one's place there, and its updates would fail.

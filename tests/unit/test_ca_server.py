@@ -19,6 +19,7 @@ import logging
 import os
 import resource
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ import pytest
 from caproto import ChannelType
 from caproto.server import PVGroup, pvproperty
 
+from bgrscrpt_ioc.ca.server import IocContext
 from tests.unit.ca_raw import RawClient, ca_header, extended_header
 from tests.unit.ca_server import ca_server, run_client, serving
 
@@ -759,3 +761,42 @@ async def test_connections_past_the_bound_are_closed_at_once_with_one_line(monke
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(lines) == 1 and "3 clients connected" in lines[0], lines
     assert problems(caplog) == []
+
+
+async def test_a_dbr_type_that_does_not_exist_is_refused_as_base_refuses_it(monkeypatch, caplog):
+    """EPICS base answers ECA_BADTYPE; a subscription for DBR type 39 and up logged a
+    traceback per request (``ValueError: 39 is not a valid ChannelType``)."""
+    caplog.set_level(logging.WARNING)
+    group = Served(prefix())
+    async with ca_server(group.pvdb, monkeypatch, context_class=IocContext) as served:
+
+        def client() -> list[Any]:
+            c = RawClient(served.port)
+            try:
+                chan = c.channel(group.beat.pvname)
+                for n, data_type in enumerate((39, 40, 99, 0xFFFF)):
+                    event_add = ca_header(1, 16, data_type, 1) + bytes(12) + b"\0\x01\0\0"
+                    read = ca_header(15, 0, data_type, 1)
+                    c.send_bytes(
+                        _ids(event_add, chan.sid, 1000 + n) + _ids(read, chan.sid, 2000 + n)
+                    )
+                c.until(
+                    lambda: len([m for m in c.received if isinstance(m, ca.ErrorResponse)]) == 8,
+                    "eight refusals",
+                )
+                assert not c.events()
+                assert isinstance(c.read(chan), ca.ReadNotifyResponse)  # the circuit goes on
+                return [m for m in c.received if isinstance(m, ca.ErrorResponse)]
+            finally:
+                c.close()
+
+        refusals = await asyncio.to_thread(client)
+        assert {r.status for r in refusals} == {ca.CAStatus.ECA_BADTYPE.value}, refusals
+    lines = [r.getMessage() for r in caplog.records if r.name == "bgrscrpt_ioc.ca"]
+    assert len(lines) == 1 and "DBR type 39" in lines[0], lines
+    assert problems(caplog) == []
+
+
+def _ids(header: bytes, sid: int, second: int) -> bytes:
+    """``header`` (and what follows it) with its two id fields set."""
+    return header[:8] + struct.pack(">II", sid, second) + header[16:]
