@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import resource
@@ -800,3 +801,58 @@ async def test_a_dbr_type_that_does_not_exist_is_refused_as_base_refuses_it(monk
 def _ids(header: bytes, sid: int, second: int) -> bytes:
     """``header`` (and what follows it) with its two id fields set."""
     return header[:8] + struct.pack(">II", sid, second) + header[16:]
+
+
+FIREHOSE = r"""
+import sys, threading, time
+from tests.unit.ca_raw import RawClient
+import caproto as ca
+port, name, seconds, kind = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4]
+client = RawClient(port, name="firehose")
+chan = client.channel(name)
+if kind == "read":
+    batch = b"".join(client.circuit.send(*[chan.read(ioid=i) for i in range(1000)]))
+else:
+    batch = b"".join(client.circuit.send(*[ca.EchoRequest() for i in range(4000)]))
+def drain():
+    while True:
+        try:
+            if not client.sock.recv(1 << 20):
+                return
+        except OSError:
+            return
+threading.Thread(target=drain, daemon=True).start()
+client.sock.settimeout(None)
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    client.sock.sendall(batch)
+print("{}")
+"""
+
+
+@pytest.mark.parametrize("kind", ["read", "echo"])
+async def test_a_client_streaming_requests_never_holds_the_event_loop(monkeypatch, kind):
+    """A request whose reply the client takes at once never made the reading task
+    wait, and a read of data already received neither: a client that streamed reads
+    (each answered with 4 kB) kept the loop for itself, holding every timer of the
+    IOC (its heartbeat, the scripts' supervision) for seconds. Echoes, each cheap,
+    did the same."""
+    group = Served(prefix())
+    async with ca_server(group.pvdb, monkeypatch) as served:
+        await group.blob.write("x" * (BLOB_BYTES - 1))
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.05)
+
+        ticking = asyncio.create_task(ticker())
+        try:
+            await run_client(
+                FIREHOSE, str(served.port), group.blob.pvname, "3", kind, env=served.env
+            )
+        finally:
+            ticking.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 1.0, sorted(gaps)[-5:]
