@@ -856,3 +856,48 @@ async def test_a_client_streaming_requests_never_holds_the_event_loop(monkeypatc
             ticking.cancel()
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert max(gaps) < 1.0, sorted(gaps)[-5:]
+
+
+MANY_CHANNELS = 20_000
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no bound on the channels (and monitors) one client may hold: 50,000 channels "
+    "of BGRSCRPT_01:LOG, each with a monitor, grew the IOC by 190 MB, and a client can go "
+    "on until the IOC runs out of memory; which bound to set is a design question",
+)
+async def test_one_client_cannot_hold_channels_without_bound(monkeypatch):
+    group = Served(prefix())
+    async with ca_server(group.pvdb, monkeypatch) as served:
+        name = group.blob.pvname.encode() + b"\0"
+        padded = name + b"\0" * (-len(name) % 8)
+
+        def greedy() -> int:
+            client = RawClient(served.port, name="greedy")
+            try:
+                creates = b"".join(
+                    _ids(ca_header(18, len(padded), 0, 0), cid, 13) + padded
+                    for cid in range(MANY_CHANNELS)
+                )
+                client.send_bytes(creates)
+                answers = {18: 0, 26: 0}  # CREATE_CHAN, CREATE_CH_FAIL
+                data = b""
+                client.sock.settimeout(30)
+                while sum(answers.values()) < MANY_CHANNELS:
+                    chunk = client.sock.recv(1 << 20)
+                    assert chunk, "closed by the server"
+                    data += chunk
+                    while len(data) >= 16:
+                        command, payload = struct.unpack_from(">HH", data)
+                        if len(data) < 16 + payload:
+                            break
+                        if command in answers:
+                            answers[command] += 1
+                        data = data[16 + payload :]
+                return answers[18]
+            finally:
+                client.close()
+
+        created = await asyncio.to_thread(greedy)
+    assert created < MANY_CHANNELS
