@@ -32,6 +32,10 @@ chooses the circuit manager below. What stock caproto gets wrong:
   a PV searched for again and again (below) would pile up searches that are
   all resent for ever. Here ``cancel`` cancels, and old searches are let go.
   (``invalidate_by_name`` also raises KeyError when called twice for a name.)
+* **A name with an open channel cannot be searched for again.** The search
+  cache subtracts its marker for an open channel from the time (TypeError):
+  any search for such a name failed, so a watched PV whose channel opened but
+  which never sent a value could not be re-created.
 * **Every circuit leaks a task.** Each circuit's callback executor keeps a task
   waiting for callbacks for ever, also after the circuit died. Here callbacks
   run in a task that exists only while some are queued.
@@ -57,7 +61,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import caproto as ca
+from caproto import _constants
 from caproto.asyncio import client as _stock
+from caproto.client import common as _common
 from caproto.client import search_results as _search_results
 
 from ..core.reconnect import CircuitRetry
@@ -96,6 +102,28 @@ class SearchResults(_search_results.SearchResults):
                 done = (cid for cid in self._searches if cid not in self._unanswered_searches)
                 for cid in list(itertools.islice(done, excess + SEARCHES_KEPT // 4)):
                     del self._searches[cid]
+
+    def get_cached_search_result(
+        self, name: str, *, threshold: float = _constants.STALE_SEARCH_EXPIRATION
+    ) -> Any:
+        """Where ``name`` is (an open channel's address first); KeyError if unknown or stale.
+
+        caproto's computed ``now - timestamp`` before it checked whether the
+        timestamp was its marker for an open channel: TypeError.
+        """
+        with self._lock:
+            entry = self.name_to_addrs[name]
+            now = time.monotonic()
+            found, found_stamp = None, None
+            for addr, stamp in list(entry.items()):
+                if stamp is _common.VALID_CHANNEL_MARKER or now - stamp < threshold:
+                    if found_stamp is not _common.VALID_CHANNEL_MARKER:
+                        found, found_stamp = addr, stamp
+                else:
+                    del entry[addr]  # an expired result
+            if found is None:
+                raise ca.CaprotoKeyError(f"{name!r}: stale search result")
+            return found
 
     def invalidate_by_name(self, name: str) -> None:
         """Forget where ``name`` was found (caproto's raises KeyError on a second call)."""
@@ -292,6 +320,8 @@ class Context(_stock.Context):
         if pv.name not in self.pvs_needing_circuits:
             self.broadcaster.results.cancel(pv.name)
         await _release_channel(pv)
+        # Searched for afresh: not sent back to the server whose channel went silent.
+        self.broadcaster.results.invalidate_by_name(pv.name)
         callbacks = [ref() for ref in pv.connection_state_callback.callbacks.values()]
         pv.connection_state_callback.callbacks.clear()
         (new,) = await self.get_pvs(pv.name, priority=pv.priority, timeout=pv._timeout)

@@ -8,6 +8,9 @@
 * ``EPICS_CAS_SLOW_CLIENT_TMO`` and ``EPICS_CAS_SLOW_CLIENT_MAX_BYTES``: this
   IOC's bound on a client that falls behind (EPICS base has none: its rsrv keeps
   a stopped client for ever). See :class:`bgrscrpt_ioc.core.flow.SlowClientBound`.
+* The open-file limit (``ulimit -n``): each client's connection holds a file
+  descriptor, and the IOC needs some of its own to start scripts and keep its
+  state database; :func:`max_clients` is how many clients it serves at once.
 
 Nothing here imports caproto, so the version is checked before caproto's server
 code is loaded.
@@ -16,6 +19,7 @@ code is loaded.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -46,6 +50,34 @@ class ServerLimits:
     max_message_bytes: int
     """A client's message larger than this (header included) closes its circuit."""
     slow_client: SlowClientBound
+    max_clients: int = 768
+    """Connections served at once; one more is closed as soon as it is accepted."""
+
+
+FILES_KEPT = 64
+"""File descriptors never given to clients, at the least: the IOC's own (scripts, logs,
+state database, watches, plots) need fewer than this."""
+MAX_CLIENTS_CEILING = 100_000
+
+
+def max_clients(open_files: int) -> int:
+    """How many clients the IOC serves at once with an open-file limit of ``open_files``.
+
+    A quarter of the limit (at least :data:`FILES_KEPT`) stays the IOC's own, so
+    that clients holding connections open can never leave it unable to start a
+    script: 768 clients with the usual limit of 1024. ``open_files`` < 0 (no limit)
+    gives :data:`MAX_CLIENTS_CEILING`.
+    """
+    if open_files < 0:
+        return MAX_CLIENTS_CEILING
+    kept = max(FILES_KEPT, open_files // 4)
+    return max(1, min(open_files - kept, MAX_CLIENTS_CEILING))
+
+
+def open_file_limit() -> int:
+    """This process's open-file limit (``ulimit -n``); -1 for none."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return -1 if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -84,6 +116,7 @@ def server_limits(environ: Mapping[str, str] | None = None) -> ServerLimits:
             seconds=_positive_seconds(env, SLOW_CLIENT_TMO_VAR, DEFAULT_SLOW_CLIENT_TMO),
             max_bytes=_positive_int(env, SLOW_CLIENT_MAX_BYTES_VAR, DEFAULT_SLOW_CLIENT_MAX_BYTES),
         ),
+        max_clients=max_clients(open_file_limit()),
     )
 
 

@@ -15,7 +15,10 @@
   sockets with protocol 0, so asyncio never does: a reply that follows an
   update waited for the client's delayed ACK, about 40 ms), bounds the
   circuit's send buffer, and ends a circuit in one place whatever ended it;
-* :class:`~bgrscrpt_ioc.ca.circuit.FlowCircuit` as its ``CircuitClass``.
+* :class:`~bgrscrpt_ioc.ca.circuit.FlowCircuit` as its ``CircuitClass``;
+* no more connections than its file descriptors allow, accepted without
+  asyncio's flood of tracebacks when they run out
+  (:class:`~bgrscrpt_ioc.ca.accept.BoundedAccept`).
 
 ``run()`` is caproto's own: subclasses and mixins may extend it.
 
@@ -36,6 +39,7 @@ import caproto as ca
 from caproto.asyncio import server as _asyncio_server
 from caproto.server.common import DisconnectedCircuit
 
+from .accept import BoundedAccept
 from .access import CLIENT_ADDRESS
 from .circuit import FlowCircuit, wire_size
 from .client_faults import ClientFaults
@@ -61,7 +65,7 @@ class _Router:
         self._context.route(update)
 
 
-class FlowContext(_asyncio_server.Context):
+class FlowContext(BoundedAccept, _asyncio_server.Context):
     """caproto's asyncio server Context with per-client flow control (module docstring)."""
 
     CircuitClass = FlowCircuit

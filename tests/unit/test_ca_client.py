@@ -280,6 +280,32 @@ def test_forgetting_where_a_name_was_found_twice_is_harmless():
     assert "A" not in results
 
 
+def test_a_name_with_an_open_channel_can_be_searched_for_again():
+    """caproto subtracted its marker for an open channel from the time (TypeError), so
+    any search for a name whose channel is open failed: a watched PV that connected
+    but stayed silent could never be re-created (a traceback at each attempt)."""
+    results = SearchResults()
+    address = ("127.0.0.1", 5064)
+    results.mark_channel_created("A", address)
+    assert results.get_cached_search_result("A") == address
+    cached, to_search = results.split_cached_results(["A", "B"])
+    assert dict(cached) == {address: ["A"]} and to_search == ["B"]
+
+
+async def test_a_pv_whose_channel_is_open_is_recreated_and_connects_again(link):
+    server, _ = link
+    ctx = fixed_asyncio.Context(timeout=None)
+    try:
+        (pv,) = await ctx.get_pvs(server.name)
+        await pv.wait_for_connection(timeout=10)
+        new = await ctx.recreate(pv)  # its channel still open, as a silent server leaves it
+        await new.wait_for_connection(timeout=10)
+        assert new is not pv
+        assert (await new.read(timeout=10)).data[0] == 1.0
+    finally:
+        await ctx.disconnect()
+
+
 # ---- the watches' monitor on top of it -------------------------------------------------
 
 
