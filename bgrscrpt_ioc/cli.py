@@ -1,4 +1,4 @@
-"""``python -m bgrscrpt_ioc`` / ``bgrscrpt-ioc``: the command line (README, "Command line").
+"""``python -m bgrscrpt_ioc`` / ``bgrscrpt-ioc``: the command line (docs/settings.md).
 
 Every problem with the command line, the settings file or the directories is
 one line on stderr and exit status 2, never a traceback.

@@ -1,4 +1,4 @@
-"""``python -m demo.screenshots``: the README's pictures, taken from a running demo.
+"""``python -m demo.screenshots``: the documentation's pictures, taken from a running demo.
 
 - ``docs/status.png``: the status screen drawn as HTML from the same layout as
   the ``.bob``/``.opi`` files (:mod:`bgrscrpt_ioc.screens.html`), filled with the

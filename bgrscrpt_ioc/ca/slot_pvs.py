@@ -1,4 +1,4 @@
-"""The PVs of one slot, ``$(P)BGRSCRPT_NN:`` (README, "PVs").
+"""The PVs of one slot, ``$(P)BGRSCRPT_NN:`` (docs/pvs.md).
 
 A translation layer only: puts become calls on a :class:`SlotController`, and
 :meth:`SlotPVs.publish` shows a :class:`SlotView`. Every decision belongs to the

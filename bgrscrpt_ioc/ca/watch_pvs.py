@@ -1,4 +1,4 @@
-"""The PVs of alarm recovery, ``$(P)BGRSCRPT:WATCH:`` (README, "Alarm recovery").
+"""The PVs of alarm recovery, ``$(P)BGRSCRPT:WATCH:`` (docs/recovery.md).
 
 A translation layer only: puts become calls on a :class:`WatchController` (or
 the :class:`DryRunController`), and :meth:`WatchPVs.publish` shows a

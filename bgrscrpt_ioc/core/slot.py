@@ -17,7 +17,7 @@ from enum import IntEnum
 
 
 class SlotState(IntEnum):
-    """The STATUS mbbi, in the order of its enum strings (README, "PVs")."""
+    """The STATUS mbbi, in the order of its enum strings (docs/pvs.md)."""
 
     STOPPED = 0
     STARTING = 1

@@ -24,7 +24,7 @@ from enum import IntEnum
 
 
 class WatchState(IntEnum):
-    """STATE of a watch; the order is the PV's enum order (README, "Alarm recovery")."""
+    """STATE of a watch; the order is the PV's enum order (docs/recovery.md)."""
 
     DISABLED = 0
     OK = 1
@@ -61,7 +61,7 @@ CONNECT_GRACE = 5.0
 
 @dataclass(frozen=True)
 class WatchPolicy:
-    """The numbers of one ``[[watch]]`` entry (README, "Alarm recovery")."""
+    """The numbers of one ``[[watch]]`` entry (docs/recovery.md)."""
 
     severity: int = Level.INVALID  # 1..3
     disconnected: bool = True

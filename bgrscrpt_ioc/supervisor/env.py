@@ -1,4 +1,4 @@
-"""The environment a script runs in (README, "What a script sees")."""
+"""The environment a script runs in (docs/scripts.md)."""
 
 from __future__ import annotations
 

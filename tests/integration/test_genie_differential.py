@@ -179,7 +179,7 @@ CALLS = [
     "[c.__name__ for c in E.WriteAccessException.__mro__[:3]]",
     'str(E.UnableToConnectToPVException("X", "why"))',
     # Last, as they change the prefix: IBEX's names for instruments and test machines.
-    # ("~": what set_instrument prints differs, IBEX's naming its database; see README.)
+    # ("~": what set_instrument prints differs, IBEX's naming its database; see docs/scripts.md.)
     '~g.set_instrument("ndxdemo", import_instrument_init=False)',
     'g.prefix_pv_name("")',
     "g.adv.get_instrument()",

@@ -135,7 +135,7 @@ def test_live_plot_in_chromium(make_ioc, config_dir, instrument, browser):  # no
     )
     assert page.url == url
     assert status(url)["clients"] == 1
-    if os.environ.get("BGRSCRPT_PLOT_SCREENSHOT"):  # docs/plot.png for the README
+    if os.environ.get("BGRSCRPT_PLOT_SCREENSHOT"):  # docs/plot.png for docs/scripts.md
         page.screenshot(path=os.environ["BGRSCRPT_PLOT_SCREENSHOT"])
     assert moved is not None
 

@@ -14,7 +14,7 @@ Usage, as on an instrument::
 Every command prints the traceback of whatever goes wrong to stderr and returns
 ``None`` (a missing PV, a block that does not exist), as genie_python does;
 ``g.toggle.exceptions_raised(True)`` makes them raise instead. Which commands
-exist, and where they differ from genie_python, is in the README's table.
+exist, and where they differ from genie_python, is in the table of docs/scripts.md.
 """
 
 from __future__ import annotations
