@@ -8,6 +8,11 @@
 * ``EPICS_CAS_SLOW_CLIENT_TMO`` and ``EPICS_CAS_SLOW_CLIENT_MAX_BYTES``: this
   IOC's bound on a client that falls behind (EPICS base has none: its rsrv keeps
   a stopped client for ever). See :class:`bgrscrpt_ioc.core.flow.SlowClientBound`.
+* ``EPICS_CAS_MAX_CHANNELS`` and ``EPICS_CAS_MAX_MONITORS``: the channels and the
+  monitors one client may hold at once (EPICS base has no bound: one client could
+  grow the IOC until it runs out of memory, and with it every script's
+  supervision). A channel past the bound is refused as a PV that does not exist,
+  a monitor with ECA_ALLOCMEM.
 * The open-file limit (``ulimit -n``): each client's connection holds a file
   descriptor, and the IOC needs some of its own to start scripts and keep its
   state database; :func:`max_clients` is how many clients it serves at once.
@@ -34,7 +39,12 @@ DEFAULT_MAX_ARRAY_BYTES = 16384
 DEFAULT_SLOW_CLIENT_TMO = 30.0
 DEFAULT_SLOW_CLIENT_MAX_BYTES = 4 * 1024 * 1024
 
+DEFAULT_MAX_CHANNELS = 4096
+DEFAULT_MAX_MONITORS = 8192
+
 MAX_ARRAY_BYTES_VAR = "EPICS_CA_MAX_ARRAY_BYTES"
+MAX_CHANNELS_VAR = "EPICS_CAS_MAX_CHANNELS"
+MAX_MONITORS_VAR = "EPICS_CAS_MAX_MONITORS"
 SLOW_CLIENT_TMO_VAR = "EPICS_CAS_SLOW_CLIENT_TMO"
 SLOW_CLIENT_MAX_BYTES_VAR = "EPICS_CAS_SLOW_CLIENT_MAX_BYTES"
 
@@ -52,6 +62,10 @@ class ServerLimits:
     slow_client: SlowClientBound
     max_clients: int = 768
     """Connections served at once; one more is closed as soon as it is accepted."""
+    max_channels: int = DEFAULT_MAX_CHANNELS
+    """Channels one client may hold at once; one more is refused (CREATE_CH_FAIL)."""
+    max_monitors: int = DEFAULT_MAX_MONITORS
+    """Monitors one client may hold at once; one more is refused (ECA_ALLOCMEM)."""
 
 
 FILES_KEPT = 64
@@ -117,6 +131,8 @@ def server_limits(environ: Mapping[str, str] | None = None) -> ServerLimits:
             max_bytes=_positive_int(env, SLOW_CLIENT_MAX_BYTES_VAR, DEFAULT_SLOW_CLIENT_MAX_BYTES),
         ),
         max_clients=max_clients(open_file_limit()),
+        max_channels=_positive_int(env, MAX_CHANNELS_VAR, DEFAULT_MAX_CHANNELS),
+        max_monitors=_positive_int(env, MAX_MONITORS_VAR, DEFAULT_MAX_MONITORS),
     )
 
 

@@ -44,6 +44,7 @@ from caproto.server.common import DisconnectedCircuit, LoopExit
 from bgrscrpt_ioc.core.ca_frames import Oversized
 
 from .client_faults import is_client_fault, log, one_line, reason_of
+from .limits import MAX_CHANNELS_VAR, MAX_MONITORS_VAR
 
 READ_SIZE = 16384
 """Bytes read from a client at a time (EPICS base's MAX_TCP): what bounds its request backlog."""
@@ -70,13 +71,15 @@ _TYPED_REQUESTS = (
 class RequestHandling:
     """The request side of :class:`~bgrscrpt_ioc.ca.circuit.FlowCircuit` (a mixin).
 
-    Uses the circuit's ``client``, ``circuit``, ``connected``, ``_frames``,
-    ``_sender``, ``_live_ids``, ``fault``, ``close`` and ``_cull_subscriptions``.
+    Uses the circuit's ``client``, ``circuit``, ``context`` (its ``limits``),
+    ``connected``, ``_frames``, ``_sender``, ``_live_ids``, ``fault``, ``close`` and
+    ``_cull_subscriptions``.
     """
 
     # Provided by FlowCircuit and caproto's circuit.
     client: Any
     circuit: Any
+    context: Any
     connected: bool
     events_on: Any
     client_hostname: str | None
@@ -136,6 +139,7 @@ class RequestHandling:
                 response = await self._command_queue_iteration(command)
                 if response:
                     await self.send(*response)
+                    self._forget_failed_channels(response)
             except LoopExit:
                 self.close()
                 raise DisconnectedCircuit() from None
@@ -148,6 +152,18 @@ class RequestHandling:
         if len(data) >= READ_SIZE:
             await asyncio.sleep(0)  # more is waiting: the others first (module docstring)
 
+    def _forget_failed_channels(self, response: list[Any]) -> None:
+        """A channel refused (a name not served, or past the client's bound) is gone.
+
+        caproto keeps each one in the circuit's channels for as long as the circuit
+        lives: a client creating channels to names that do not exist grew the IOC
+        without bound, and they counted against its bound of channels."""
+        for reply in response:
+            if isinstance(reply, ca.CreateChFailResponse):
+                chan = self.circuit.channels.get(reply.cid)
+                if chan is not None and chan.sid is None:
+                    del self.circuit.channels[reply.cid]
+
     async def _command_queue_iteration(self, command: Any) -> list[Any] | None:
         """caproto's handling of one request, with the client's faults kept to one line."""
         if isinstance(command, _TYPED_REQUESTS) and command.header.data_type not in DBR_TYPES:
@@ -158,6 +174,14 @@ class RequestHandling:
                 "request", f"{type(command).__name__} for DBR type {data_type}: no such type"
             )
             return self._refusal(command, ca.CAStatus.ECA_BADTYPE, f"no DBR type {data_type}")
+        limits = self.context.limits
+        if isinstance(command, ca.EventAddRequest) and len(self._live_ids) >= limits.max_monitors:
+            self.fault(
+                "monitors",
+                f"holds {len(self._live_ids)} monitors, the most one client may "
+                f"({MAX_MONITORS_VAR}); more refused",
+            )
+            return self._refusal(command, ca.CAStatus.ECA_ALLOCMEM, "too many monitors")
         if isinstance(command, ca.EventAddRequest) and command.subscriptionid in self._live_ids:
             # caproto's protocol state keeps one subscription per id: a second one
             # would take the first one's place there, and its updates would fail.
@@ -217,6 +241,18 @@ class RequestHandling:
             return "?"
 
     async def _process_command(self, command: Any) -> list[Any]:
+        if (
+            isinstance(command, ca.CreateChanRequest)
+            and len(self.circuit.channels) > self.context.limits.max_channels
+        ):
+            # Answered as caproto answers a name it does not serve: the channel
+            # the request made in the protocol's state is failed, not kept.
+            self.fault(
+                "channels",
+                f"holds {len(self.circuit.channels) - 1} channels, the most one client may "
+                f"({MAX_CHANNELS_VAR}); more refused",
+            )
+            return [ca.CreateChFailResponse(cid=command.cid)]
         if isinstance(command, ca.WriteRequest | ca.WriteNotifyRequest):
             return await self._write(command)
         if isinstance(command, ca.EventsOffRequest):

@@ -858,46 +858,94 @@ async def test_a_client_streaming_requests_never_holds_the_event_loop(monkeypatc
     assert max(gaps) < 1.0, sorted(gaps)[-5:]
 
 
-MANY_CHANNELS = 20_000
+CHANNEL_BOUND = 50
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no bound on the channels (and monitors) one client may hold: 50,000 channels "
-    "of BGRSCRPT_01:LOG, each with a monitor, grew the IOC by 190 MB, and a client can go "
-    "on until the IOC runs out of memory; which bound to set is a design question",
-)
-async def test_one_client_cannot_hold_channels_without_bound(monkeypatch):
+@caproto_fix
+async def test_channels_to_names_not_served_are_not_kept(monkeypatch):
+    """CREATE_CHAN for names the IOC does not serve, as a misconfigured or hostile client
+    sends them: each is refused, and nothing of it stays on the server (caproto kept
+    every refused channel for the life of the circuit)."""
     group = Served(prefix())
+    refused_all, counted = threading.Event(), threading.Event()
     async with ca_server(group.pvdb, monkeypatch) as served:
-        name = group.blob.pvname.encode() + b"\0"
-        padded = name + b"\0" * (-len(name) % 8)
 
-        def greedy() -> int:
-            client = RawClient(served.port, name="greedy")
+        def creates() -> None:
+            client = RawClient(served.port, name="lost")
             try:
-                creates = b"".join(
-                    _ids(ca_header(18, len(padded), 0, 0), cid, 13) + padded
-                    for cid in range(MANY_CHANNELS)
+                channels = [
+                    ca.ClientChannel(f"{group.prefix}NOSUCH{i}", client.circuit) for i in range(500)
+                ]
+                client.send(*(chan.create() for chan in channels))
+                client.until(
+                    lambda: (
+                        sum(isinstance(c, ca.CreateChFailResponse) for c in client.received)
+                        == len(channels)
+                    ),
+                    "every channel refused",
                 )
-                client.send_bytes(creates)
-                answers = {18: 0, 26: 0}  # CREATE_CHAN, CREATE_CH_FAIL
-                data = b""
-                client.sock.settimeout(30)
-                while sum(answers.values()) < MANY_CHANNELS:
-                    chunk = client.sock.recv(1 << 20)
-                    assert chunk, "closed by the server"
-                    data += chunk
-                    while len(data) >= 16:
-                        command, payload = struct.unpack_from(">HH", data)
-                        if len(data) < 16 + payload:
-                            break
-                        if command in answers:
-                            answers[command] += 1
-                        data = data[16 + payload :]
-                return answers[18]
+                assert client.channel(group.blob.pvname).states[ca.CLIENT] is ca.CONNECTED
+                refused_all.set()
+                counted.wait(10)
             finally:
                 client.close()
 
-        created = await asyncio.to_thread(greedy)
-    assert created < MANY_CHANNELS
+        done = asyncio.create_task(asyncio.to_thread(creates))
+        assert await asyncio.to_thread(refused_all.wait, 10)
+        kept = [len(c.circuit.channels) for c in served.context.circuits]
+        counted.set()
+        await done
+    assert kept == [1], kept  # the one channel it holds
+
+
+async def test_one_client_holds_at_most_its_bound_of_channels_and_monitors(monkeypatch, caplog):
+    """One client asking for ever more channels, then monitors: past the bound each is
+    refused as EPICS clients expect (CREATE_CH_FAIL, as for a name not served; a
+    monitor with ECA_ALLOCMEM), in one log line; what it holds keeps working, and a
+    cleared channel makes room for another. Without a bound, 50,000 monitored channels
+    of one client grew the IOC by 190 MB, and nothing stopped it going on."""
+    monkeypatch.setenv("EPICS_CAS_MAX_CHANNELS", str(CHANNEL_BOUND))
+    monkeypatch.setenv("EPICS_CAS_MAX_MONITORS", str(CHANNEL_BOUND))
+    caplog.set_level(logging.WARNING)
+    group = Served(prefix())
+    async with ca_server(group.pvdb, monkeypatch) as served:
+
+        def greedy() -> None:
+            client = RawClient(served.port, name="greedy")
+            try:
+                channels = [
+                    ca.ClientChannel(group.blob.pvname, client.circuit)
+                    for _ in range(CHANNEL_BOUND + 10)
+                ]
+                client.send(*(chan.create() for chan in channels))
+                failed = client.until(
+                    lambda: [c for c in client.received if isinstance(c, ca.CreateChFailResponse)]
+                    if sum(1 for c in client.received
+                           if isinstance(c, ca.CreateChanResponse | ca.CreateChFailResponse))
+                    == len(channels) else None,
+                    "an answer to every channel",
+                )  # fmt: skip
+                assert len(failed) == 10
+                held = [c for c in channels if c.states[ca.CLIENT] is ca.CONNECTED]
+                assert len(held) == CHANNEL_BOUND
+                # A monitor on each channel it holds, then one more on the first.
+                client.send(*(chan.subscribe(data_type=ChannelType.CHAR) for chan in held))
+                client.send(held[0].subscribe(data_type=ChannelType.CHAR))
+                refused = client.until(
+                    lambda: [c for c in client.received if isinstance(c, ca.ErrorResponse)],
+                    "the monitor past the bound refused",
+                )
+                assert [c.status.name for c in refused] == ["ECA_ALLOCMEM"]
+                client.until(lambda: len(client.events()) >= CHANNEL_BOUND, "every held monitor")
+                # What it holds still works; a channel cleared makes room for one more.
+                assert client.read(held[1], ChannelType.CHAR).data is not None
+                client.send(held[-1].clear())
+                client.until(lambda: held[-1].states[ca.CLIENT] is ca.CLOSED, "the channel cleared")
+                assert client.channel(group.blob.pvname).states[ca.CLIENT] is ca.CONNECTED
+            finally:
+                client.close()
+
+        await asyncio.to_thread(greedy)
+    lines = [r.getMessage() for r in caplog.records if "the most one client may" in r.getMessage()]
+    assert len(lines) == 2, lines  # one line for channels, one for monitors
+    assert problems(caplog) == []
