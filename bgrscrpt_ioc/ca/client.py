@@ -205,6 +205,12 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
         for task in list(stock_executor.tasks.tasks):
             task.cancel()
         self.connected_at: float | None = None
+        self.served = False  # the server connected a channel on this circuit
+
+    async def _process_command(self, command: Any) -> Any:
+        if isinstance(command, ca.CreateChanResponse):
+            self.served = True
+        return await super()._process_command(command)
 
     async def _connect(self, timeout: Any) -> None:
         try:
@@ -239,7 +245,7 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
                 task.cancel()
         context: Context = self.context
         if reconnect and keys and not context.closing:
-            delay = context.retry.ended(self.circuit.address, lived)
+            delay = context.retry.ended(self.circuit.address, lived, served=self.served)
             if delay > 0:
                 context.reconnect_later(keys, delay)
             else:

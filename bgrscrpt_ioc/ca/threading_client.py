@@ -91,6 +91,7 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
         self._ready = threading.Event()
         self._tags: dict[str, Any] = {}
         self.connected_at: float | None = None
+        self.served = False  # the server connected a channel on this circuit
         # Taken both to join PVs to this circuit and to end it: a PV joins a live
         # circuit (and its end takes the PV along) or finds it ended (and goes
         # back to the search itself), never both and never neither.
@@ -154,7 +155,7 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             # joined it sends them back through _connect_found, which waits the
             # delay counted here (uncounted, a server that drops every circuit
             # at once would be retried in a tight loop).
-            delay = context.retry.ended(self.circuit.address, lived)
+            delay = context.retry.ended(self.circuit.address, lived, served=self.served)
             if not keys:
                 pass
             elif delay > 0:
@@ -172,6 +173,8 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
     def _process_command(self, command: Any) -> None:
         if isinstance(command, ca.ErrorResponse):
             self._answer_with_error(command)
+        elif isinstance(command, ca.CreateChanResponse):
+            self.served = True
         super()._process_command(command)
 
     def _answer_with_error(self, error: Any) -> None:

@@ -1,12 +1,14 @@
 """When a Channel Access client searches again for the PVs of a circuit that ended.
 
-A circuit that served for a while and then ended (the server restarted, the
-network dropped it) is searched for again at once. One that ends young, or
-never connects (refused, no handshake), ends again soon if tried again at once:
-a server that answers searches but refuses or drops every circuit would
-otherwise have the client search and connect in a tight loop. Such a server's
-circuits are retried after a delay that doubles, up to a cap, until one lives.
-Pure: no clock, no I/O.
+A circuit that served (the server connected a channel on it) or lived a while,
+and then ended (the server restarted, the network dropped it), is searched for
+again at once, however often that happens: an IOC restarted again and again is
+found again each time as fast as the first. One that never served and ends
+young, or never connects (refused, no handshake), ends again soon if tried
+again at once: a server that answers searches but refuses or drops every
+circuit would otherwise have the client search and connect in a tight loop.
+Such a server's circuits are retried after a delay that doubles, up to a cap,
+until one serves. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ class CircuitRetry:
         self.healthy_after = healthy_after
         self._failures: dict[Hashable, int] = {}
 
-    def ended(self, address: Hashable, lived: float | None) -> float:
+    def ended(self, address: Hashable, lived: float | None, *, served: bool = False) -> float:
         """A circuit to ``address`` ended after ``lived`` seconds connected (None: it
-        never connected). Returns the seconds to wait before searching again."""
-        if lived is not None and lived >= self.healthy_after:
+        never connected); ``served``: the server connected a channel on it. Returns the
+        seconds to wait before searching again."""
+        if served or (lived is not None and lived >= self.healthy_after):
             self._failures.pop(address, None)
             return 0.0
         self._failures[address] = self._failures.get(address, 0) + 1

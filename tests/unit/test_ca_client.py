@@ -247,6 +247,22 @@ async def test_a_lost_circuit_leaves_no_task_behind(link):
         assert not left
 
 
+async def test_a_server_restarted_again_and_again_is_found_again_at_once_each_time(link):
+    """Circuits that served and then ended young, six times in a row (an IOC that alarm
+    recovery restarts every few seconds): each time the PV is back within a second,
+    not after a delay that grew with each restart (the fifth took 5 s)."""
+    server, relay = link
+    events = Events()
+    async with subscribed(server.name, events):
+        await events.wait(lambda: events.values == [1.0], 10, "first value")
+        for n in range(2, 8):
+            relay.restore(reset=True)  # the server "restarts": its circuits reset
+            server.write(float(n))
+            started = time.monotonic()
+            await events.wait(lambda n=n: events.values[-1:] == [float(n)], 15, f"value {n}")
+            assert time.monotonic() - started < 1.0, (n, time.monotonic() - started)
+
+
 async def test_a_name_no_search_carries_is_refused_and_harms_nothing(link):
     # caproto's task that resends searches died on it: no later PV connected.
     server, _relay = link

@@ -29,3 +29,17 @@ def test_one_healthy_circuit_resets_the_back_off_and_servers_are_counted_apart()
     assert retry.ended(A, 10.0) == 0.0
     assert retry.delay(A) == 0.0
     assert retry.ended(A, 1.0) == 0.25
+
+
+def test_a_server_restarted_again_and_again_is_searched_for_at_once_every_time():
+    """Circuits that served their channels end young when the IOC is restarted every
+    few seconds (alarm recovery restarting a flapping device): each is still a circuit
+    lost through no fault of its own. Counted as failures, the fifth restart's IOC was
+    found 5 s late, and recovery took four times as long."""
+    retry = CircuitRetry(first=0.25, cap=5.0, healthy_after=10.0)
+    assert [retry.ended(A, 1.4, served=True) for _ in range(10)] == [0.0] * 10
+    assert retry.failures(A) == 0
+    # One that never served still counts, and a served one clears the count.
+    assert retry.ended(A, 0.1) == 0.25
+    assert retry.ended(A, 0.1, served=True) == 0.0
+    assert retry.delay(A) == 0.0
