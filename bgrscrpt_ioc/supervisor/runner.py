@@ -179,8 +179,19 @@ class SlotRunner:
         self._changed()
 
     def _persist(self, key: str, value: str) -> None:
-        """Keep a setting put over CA: in memory at once, in the file as soon as it can be
-        written (the state database retries, and says so on BGRSCRPT:MSG, until it is)."""
+        """Keep a setting put over CA: in memory right after the put's reply has gone
+        out, in the file as soon as it can be written (the state database retries, and
+        says so on BGRSCRPT:MSG, until it is).
+
+        After the reply: saving (SQLite, and waking the writer's thread) before it added
+        0.1 ms to every put's round trip, measured against EPICS base. Puts are saved
+        in the order they came (``call_soon`` runs its callbacks in order)."""
+        if self._loop is not None:
+            self._loop.call_soon(self._save, key, value)
+        else:
+            self._save(key, value)
+
+    def _save(self, key: str, value: str) -> None:
         try:
             self.db.set_setting(self.name, key, value)
         except Exception:  # a bug: the put has taken effect; say loudly it is not kept
