@@ -385,6 +385,14 @@ async def test_a_stopped_keeper_is_replaced_when_it_does_not_answer(strays):
         guardian.close()
 
 
+def spawn_python(guardian: Guardian, code: str, out_fd: int, on_exit: Any) -> Any:
+    """``guardian.spawn`` of ``python -c code`` for BGRSCRPT_01 (a coroutine)."""
+    return guardian.spawn(
+        "BGRSCRPT_01", [PY, "-c", code], cwd="/", env=dict(os.environ), out_fd=out_fd,
+        on_exit=on_exit,
+    )  # fmt: skip
+
+
 async def _ticks_during(awaitable: Any) -> tuple[Any, int]:
     """Await ``awaitable`` while a 20 ms ticker runs: its result (or exception) and how
     often the event loop ticked meanwhile."""
@@ -419,14 +427,7 @@ async def test_a_spawn_the_stopped_keeper_never_answers_leaves_the_loop_running(
     read_fd, write_fd = os.pipe()
     try:
         os.kill(old, signal.SIGSTOP)
-        spawn = guardian.spawn(
-            "BGRSCRPT_01",
-            [PY, "-c", "import time; time.sleep(60)"],
-            cwd="/",
-            env=dict(os.environ),
-            out_fd=write_fd,
-            on_exit=lambda code: None,
-        )
+        spawn = spawn_python(guardian, "import time; time.sleep(60)", write_fd, lambda code: None)
         result, ticks = await _ticks_during(spawn)
         assert isinstance(result, OSError) and "did not answer a start" in str(result), result
         assert ticks >= 20, ticks  # ~50 in the 1 s wait; a blocked loop ticks about once
@@ -459,14 +460,7 @@ async def test_a_spawn_given_up_while_the_keeper_starts_it_leaves_no_process(str
     try:
         os.kill(keeper, signal.SIGSTOP)  # holds the request until the wait is cancelled
         task = asyncio.create_task(
-            guardian.spawn(
-                "BGRSCRPT_01",
-                [PY, "-c", "import time; time.sleep(60)"],
-                cwd="/",
-                env=dict(os.environ),
-                out_fd=write_fd,
-                on_exit=exits.append,
-            )
+            spawn_python(guardian, "import time; time.sleep(60)", write_fd, exits.append)
         )
         await asyncio.sleep(0)  # the request is sent
         task.cancel()
@@ -508,14 +502,7 @@ async def test_an_exit_heard_with_the_spawn_reply_is_delivered_after_spawn_retur
             exited.set()
 
         task = asyncio.create_task(
-            guardian.spawn(
-                "BGRSCRPT_01",
-                [PY, "-c", "import os; print(os.getpid(), flush=True)"],
-                cwd="/",
-                env=dict(os.environ),
-                out_fd=write_fd,
-                on_exit=on_exit,
-            )
+            spawn_python(guardian, "import os; print(os.getpid(), flush=True)", write_fd, on_exit)
         )
         await asyncio.sleep(0)  # the request is sent
         # Block the loop until the script has come and gone, so that both of the
