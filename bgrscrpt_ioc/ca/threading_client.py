@@ -156,11 +156,9 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             # delay counted here (uncounted, a server that drops every circuit
             # at once would be retried in a tight loop).
             delay = context.retry.ended(self.circuit.address, lived, served=self.served)
-            if not keys:
-                pass
-            elif delay > 0:
+            if keys and delay > 0:
                 context.reconnect_later(keys, delay)
-            else:
+            elif keys:
                 context.reconnect(keys)
 
     def received(self, bytes_recv: bytes, address: Any) -> Any:

@@ -10,8 +10,8 @@ its RSS; several processes' is the sum of their PSS, so that pages a forked
 worker shares with its parent count once (``proctree.tree_memory_bytes``).
 
 A sample reads a few small /proc and cgroup files per process: tens of µs for
-a slot, on the event loop, every 2 s (more for a tree of several large
-processes, whose PSS the kernel sums page by page: about 1 ms per 100 MB).
+a slot, in a thread beside the event loop, every 2 s (more for a tree of several
+large processes, whose PSS the kernel sums page by page: about 1 ms per 100 MB).
 ``BGRSCRPT_ACCOUNTING=off`` turns it off (the bench measures what it costs).
 """
 
@@ -78,6 +78,17 @@ class SlotMeter:
 
     def sample(self, now: float) -> Usage:
         """The slot's processes now; CPU over the time since the previous sample."""
+        return self.sample_of(now, self._leader(), self._keeper())
+
+    def who(self) -> tuple[int | None, tuple[int | None, Sequence[int]]]:
+        """The leader and the keeper as :meth:`sample_of` takes them (read on the loop)."""
+        return self._leader(), self._keeper()
+
+    def sample_of(
+        self, now: float, leader: int | None, keeper: tuple[int | None, Sequence[int]]
+    ) -> Usage:
+        """:meth:`sample` with the leader and keeper given: reads only /proc and the
+        cgroup files, so it may run in a thread while the loop goes on."""
         elapsed = None if self._last_time is None else now - self._last_time
         self._last_time = now
         if self.cgroup is not None:
@@ -90,7 +101,7 @@ class SlotMeter:
             memory = cgroups.memory_bytes(self.cgroup)
             rss = memory if memory is not None else proctree.tree_memory_bytes(pids)
             return Usage(cpu, rss, len(pids))
-        pids = self._members()
+        pids = self._members(leader, keeper)
         ticks: dict[int, tuple[int, int]] = {}
         for pid in pids:
             found = proctree.cpu_ticks(pid)
@@ -110,11 +121,13 @@ class SlotMeter:
         cpu = spent / proctree.CLOCK_TICKS / elapsed * 100 if elapsed else 0.0
         return Usage(cpu, proctree.tree_memory_bytes(list(ticks)), len(ticks))
 
-    def _members(self) -> list[int]:
-        keeper, leaders = self._keeper()
+    def _members(
+        self, leader: int | None, keeper_and_leaders: tuple[int | None, Sequence[int]]
+    ) -> list[int]:
+        keeper, leaders = keeper_and_leaders
         if keeper is None:
             return []
-        return proctree.slot_members(self._leader(), keeper, self.instance, self.slot, leaders)
+        return proctree.slot_members(leader, keeper, self.instance, self.slot, leaders)
 
 
 class Accounted(Protocol):
@@ -124,7 +137,8 @@ class Accounted(Protocol):
 
 
 class Accountant:
-    """Samples every slot every ``interval`` seconds and reports to its runner."""
+    """Samples every slot every ``interval`` seconds (in a thread) and reports to its
+    runner (on the loop)."""
 
     def __init__(self, slots: list[tuple[SlotMeter, Accounted]], interval: float = INTERVAL):
         self.slots = slots
@@ -135,11 +149,30 @@ class Accountant:
         while True:
             await asyncio.sleep(max(next_at - time.monotonic(), 0.0))
             now = time.monotonic()
-            for meter, runner in self.slots:
+            # Who runs is the runners' and the keeper's state: read here, on the loop.
+            # The reading of /proc happens in a thread: a tree of large forked workers
+            # costs about 1 ms per 100 MB (PSS), which must not hold the heartbeat.
+            who = [meter.who() for meter, _ in self.slots]
+            usages = await asyncio.to_thread(self._sample_all, now, who)
+            for (meter, runner), usage in zip(self.slots, usages, strict=True):
+                if usage is None:
+                    continue
                 try:
-                    runner.account(meter.sample(now), now)
+                    runner.account(usage, now)
                 except Exception:  # a measurement must never stop the IOC
-                    log.exception("measuring %s failed", meter.slot)
+                    log.exception("accounting %s failed", meter.slot)
             next_at += self.interval
             if next_at < now:  # the loop was blocked: no burst of samples
                 next_at = now + self.interval
+
+    def _sample_all(
+        self, now: float, who: list[tuple[int | None, tuple[int | None, Sequence[int]]]]
+    ) -> list[Usage | None]:
+        usages: list[Usage | None] = []
+        for (meter, _), (leader, keeper) in zip(self.slots, who, strict=True):
+            try:
+                usages.append(meter.sample_of(now, leader, keeper))
+            except Exception:  # a measurement must never stop the IOC
+                log.exception("measuring %s failed", meter.slot)
+                usages.append(None)
+        return usages

@@ -493,6 +493,9 @@ async def test_an_exit_heard_with_the_spawn_reply_is_delivered_after_spawn_retur
     guardian.attach(asyncio.get_running_loop())
     exited = asyncio.Event()
     seen: list[tuple[int, bool]] = []
+    held: list[bool] = []  # whether the exit had come with the reply (the case tested)
+    claim = guardian._claim
+    guardian._claim = lambda pid: (held.append(pid in guardian._held_exits), claim(pid))[-1]  # type: ignore[method-assign]
     read_fd, write_fd = os.pipe()
     try:
         task: asyncio.Task[int] | None = None
@@ -514,6 +517,7 @@ async def test_an_exit_heard_with_the_spawn_reply_is_delivered_after_spawn_retur
         time.sleep(0.2)  # the keeper's 'exited' follows the reap by microseconds
         assert await asyncio.wait_for(task, TIMEOUT) == pid
         await asyncio.wait_for(exited.wait(), TIMEOUT)
+        assert held == [True], "the exit did not arrive with the reply: nothing was tested"
         assert seen == [(0, True)]
     finally:
         os.close(read_fd)
