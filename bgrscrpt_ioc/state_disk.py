@@ -38,6 +38,14 @@ CHECK_INTERVAL = 1.0
 """When idle, the file is checked (deleted? replaced? truncated?) this often."""
 MAX_BATCH = 500
 """Changes written in one transaction at most."""
+GATHER = 0.02
+"""How long the writer waits, once a change arrives, for more to write with it.
+
+A change wakes the writer only when nothing is queued; the changes that follow
+within GATHER join the same transaction. Without it, a client putting settings
+back to back woke the writer's thread (and took its turn at the GIL, its file
+locks and its write) once per put: about 0.15 ms of CPU per put, which made the
+IOC's put round trip half as slow again as EPICS base's."""
 
 
 @dataclass(frozen=True)
@@ -167,13 +175,15 @@ class DiskWriter:
 
     def push(self, op: Op, key: Hashable | None = None) -> None:
         """Queue ``op`` (hold the lock). A ``key`` replaces a queued change with the same key."""
+        idle = not self._ops  # the writer waits for a first change, then gathers
         if key is None:
             self._seq += 1
             key = ("#", self._seq)
         else:
             self._ops.pop(key, None)  # moves to the end: it is the newest change now
         self._ops[key] = op
-        self._cond.notify()
+        if idle:
+            self._cond.notify()
 
     def pending(self) -> list[str]:
         """What has not reached the file yet, in words (hold the lock)."""
@@ -205,6 +215,8 @@ class DiskWriter:
             with self._cond:
                 if not self._ops and self._afresh is None and not self._closing:
                     self._cond.wait(CHECK_INTERVAL)
+                if self._ops and not self._closing and not self._abandon:
+                    self._cond.wait(GATHER)  # only close() cuts this short
                 if self._abandon:
                     return
                 if self._closing and not self._ops and self._afresh is None:

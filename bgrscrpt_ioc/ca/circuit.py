@@ -249,7 +249,7 @@ class FlowCircuit(RequestHandling, _asyncio_server.VirtualCircuit):
         """Write a reply; wait while the client is behind, as long as the bound allows."""
         if self._closed or self._transport.is_closing():
             raise ConnectionResetError("the circuit is closed")
-        self._transport.write(b"".join(buffers))
+        self._sender.write_reply(b"".join(buffers))
         await self._sender.wait_writable()
 
     def _too_slow(self, reason: str) -> None:

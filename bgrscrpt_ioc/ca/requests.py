@@ -8,8 +8,11 @@ caproto 1.3's asyncio circuit, and why:
   loop per request) and starts another task per put. Here the task that reads
   the socket carries the request out and sends the reply; while a reply waits
   for a slow client, the circuit reads nothing more from it, so its backlog of
-  requests is bounded by one read. A put is answered before the monitor
-  updates it causes are built: they are built by the sender's task, after.
+  requests is bounded by one read. While it carries requests out, the
+  monitor updates they cause wait in the circuit's sender and leave with the
+  next reply, after it and in the same write (one send per put with a
+  callback, as a put's reply and its update reach the client together), or,
+  when no reply follows, from the sender's task once the requests are done.
 * **Bounded input.** A message whose header claims more than
   ``EPICS_CA_MAX_ARRAY_BYTES`` (plus header room, as EPICS base), or names a
   command no client sends, closes the circuit as soon as the header is read,
@@ -128,6 +131,15 @@ class RequestHandling:
             self.fault("protocol", f"sent what is not Channel Access ({reason_of(exc)}); closed")
             self.close()
             raise DisconnectedCircuit() from None
+        self._sender.hold()  # the updates these requests cause go out with their replies
+        try:
+            await self._carry_out(commands)
+        finally:
+            self._sender.release()
+        if len(data) >= READ_SIZE:
+            await asyncio.sleep(0)  # more is waiting: the others first (module docstring)
+
+    async def _carry_out(self, commands: list[Any]) -> None:
         turn_started = time.monotonic()
         for command in commands:
             if time.monotonic() - turn_started > TURN_BUDGET:
@@ -149,8 +161,6 @@ class RequestHandling:
                 self.fault("protocol", f"no reply possible to {type(command).__name__} ({exc})")
                 self.close()
                 raise DisconnectedCircuit() from None
-        if len(data) >= READ_SIZE:
-            await asyncio.sleep(0)  # more is waiting: the others first (module docstring)
 
     def _forget_failed_channels(self, response: list[Any]) -> None:
         """A channel refused (a name not served, or past the client's bound) is gone.
@@ -284,7 +294,7 @@ class RequestHandling:
         return await super()._process_command(command)  # type: ignore[no-any-return]
 
     async def _write(self, command: Any) -> list[Any]:
-        """A put, carried out now; its reply goes out before the updates it causes."""
+        """A put, carried out now; its reply goes out ahead of the updates it causes."""
         chan, db_entry = self._get_db_entry_from_command(command)
         try:
             status = await db_entry.auth_write(

@@ -2,10 +2,13 @@
 
 The server hands an update to :meth:`CoalescingSender.offer` and moves on at
 once; the sender's own task turns the waiting updates into bytes and writes them
-while the connection takes them. When the connection's send buffer is above its
-high-water mark the sender stops and the updates keep coalescing (the latest per
-subscription, :class:`~bgrscrpt_ioc.core.flow.Coalescer`), as EPICS base's rsrv
-does. A client that stays behind past the :class:`SlowClientBound` is reported
+while the connection takes them. While the circuit carries out the client's
+requests (:meth:`~CoalescingSender.hold`), updates wait for the next reply and
+go out right after it in the same write (:meth:`~CoalescingSender.write_reply`).
+When the connection's send buffer is above its high-water mark the sender
+stops and the updates keep coalescing (the latest per subscription,
+:class:`~bgrscrpt_ioc.core.flow.Coalescer`), as EPICS base's rsrv does. A
+client that stays behind past the :class:`SlowClientBound` is reported
 through ``on_slow`` (once); the circuit then disconnects it.
 
 The transport is anything with asyncio's ``write``/``get_write_buffer_size``/
@@ -73,6 +76,7 @@ class CoalescingSender:
         self._clock = clock
         self._waiting: Coalescer[Hashable, Any] = Coalescer()
         self._wake = asyncio.Event()
+        self._held = False
         self._paused = False
         self._closed = False
         self.behind_since: float | None = None
@@ -96,8 +100,37 @@ class CoalescingSender:
                 reason = self._bound.verdict(self.behind_since, waiting, self._clock())
                 self._give_up(reason or f"{waiting} bytes waiting for it")
             return  # the sender is waiting for room, not for updates
-        if not self._paused:
+        if not self._paused and not self._held:
             self._wake.set()
+
+    def hold(self) -> None:
+        """The circuit is carrying out the client's requests: updates offered now wait
+        for the reply they follow (:meth:`write_reply`) or for :meth:`release`."""
+        self._held = True
+
+    def release(self) -> None:
+        """The requests are done: what still waits goes out from the sender's task."""
+        self._held = False
+        if self._waiting and not self._paused:
+            self._wake.set()
+
+    def write_reply(self, reply: bytes) -> None:
+        """Write ``reply`` with, after it in the same write, the updates waiting.
+
+        A put's reply and the monitor update it caused then reach the client in
+        one segment: one send, and no turn of the sender's task, per put.
+        Raises ConnectionResetError when the connection closes under it.
+        """
+        if (
+            self._waiting
+            and not self._paused
+            and not self._closed
+            and self.behind_since is None
+            and self._transport.get_write_buffer_size() <= self.high_water
+        ):
+            self._send_some(reply)
+        else:
+            self._transport.write(reply)
 
     def discard(self, key: Hashable) -> None:
         """Forget what waits for ``key`` (its subscription has ended)."""
@@ -188,8 +221,9 @@ class CoalescingSender:
                     raise ConnectionResetError("the connection is closing")
                 self._send_some()
 
-    def _send_some(self) -> None:
-        """Build and write waiting updates, oldest first, until the buffer is full.
+    def _send_some(self, first: bytes = b"") -> None:
+        """Build and write waiting updates, oldest first, until the buffer is full;
+        ``first`` (a reply) goes out ahead of them, in the same write.
 
         Raises ConnectionResetError when the connection closes under it.
 
@@ -197,8 +231,8 @@ class CoalescingSender:
         the moment its update leaves the coalescer and the moment it is written.
         """
         items = self._waiting.take()
-        parts: list[bytes] = []
-        size = 0
+        parts: list[bytes] = [first] if first else []
+        size = len(first)
         for index, (_key, item, _size) in enumerate(items):
             try:
                 data = self._build(item)

@@ -249,3 +249,50 @@ async def test_a_lost_connection_ends_the_sender():
     transport.close()
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(task, 5)
+
+
+async def test_updates_caused_while_requests_are_carried_out_go_out_with_the_reply():
+    transport = FakeTransport()
+    sender, _ = make(transport, chunk=1 << 16)
+    task = asyncio.create_task(sender.run())
+    sender.hold()  # the circuit is carrying out a put
+    sender.offer("a", ("a", 1), 20)  # the update the put causes
+    await asyncio.sleep(0.01)  # the sender's task had its chance: held, it sent nothing
+    assert transport.sent == []
+    sender.write_reply(b"reply;")
+    sender.release()
+    assert transport.sent == [b"reply;" + build(("a", 1))]  # one write, the reply first
+    await asyncio.sleep(0.01)
+    assert len(transport.sent) == 1  # nothing left for the sender's task
+    sender.close()
+    await asyncio.wait_for(task, 1)
+
+
+async def test_held_updates_with_no_reply_go_out_at_release():
+    transport = FakeTransport()
+    sender, _ = make(transport)
+    task = asyncio.create_task(sender.run())
+    sender.hold()  # a put without a reply (WriteRequest)
+    sender.offer("a", ("a", 1), 20)
+    sender.release()
+    await until(lambda: transport.updates() == ["a=1"])
+    sender.close()
+    await asyncio.wait_for(task, 1)
+
+
+async def test_a_reply_to_a_client_behind_carries_no_updates():
+    transport = FakeTransport()
+    sender, _ = make(transport)
+    task = asyncio.create_task(sender.run())
+    fill_buffer(sender, transport)
+    await until(lambda: sender.behind_since is not None)
+    sender.hold()
+    sender.offer("a", ("a", 1), 20)
+    sender.write_reply(b"reply;")
+    sender.release()
+    assert transport.buffer[-1] == b"reply;"  # the update keeps coalescing, for the sender
+    assert sender.waiting >= 1
+    transport.resume_reading()
+    await until(lambda: "a=1" in transport.updates())
+    sender.close()
+    await asyncio.wait_for(task, 1)

@@ -223,3 +223,33 @@ def test_memory_stays_bounded_but_open_runs_and_counts_survive(tmp_path, monkeyp
         assert disk_rows(path, "SELECT COUNT(*) FROM runs") == [(21,)]  # the file keeps all
     finally:
         db.close()
+
+
+def test_changes_in_quick_succession_are_written_together(tmp_path, db):
+    """Puts back to back wake the writer once and share its transaction: the writer's
+    thread must not take a turn (and the GIL, and the file's locks) for each of them."""
+    path = tmp_path / "state.sqlite"
+
+    def saved(slot: str, key: str) -> str | None:
+        try:
+            return saved_settings(path).get((slot, key))
+        except sqlite3.Error:  # not created yet
+            return None
+
+    db.set_setting("BGRSCRPT_01", "watchdog", "0")
+    wait_for(lambda: saved("BGRSCRPT_01", "watchdog") == "0")
+    writes: list[int] = []
+    real_write = db._writer._write
+
+    def counting_write(batch):
+        writes.append(len(batch))
+        real_write(batch)
+
+    db._writer._write = counting_write
+    for n in range(200):  # a client putting back to back: a put every millisecond
+        db.set_setting("BGRSCRPT_01", "watchdog", str(n % 7))
+        db.set_setting("BGRSCRPT_02", f"key{n}", str(n))
+        time.sleep(0.001)  # the spacing of the puts, not a wait for a condition
+    wait_for(lambda: saved("BGRSCRPT_02", "key199") == "199")
+    assert saved("BGRSCRPT_01", "watchdog") == str(199 % 7)
+    assert len(writes) < 40, writes  # about 0.2 s of puts: one write per GATHER or so
