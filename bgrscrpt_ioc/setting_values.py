@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bgrscrpt_ioc.ca.names import name_problem
+from bgrscrpt_ioc.ca.names import MAX_RECORD_CHARS, name_problem
 from bgrscrpt_ioc.core.endpoint import host_problem, ip_problem, network_problem, parse_endpoint
 from bgrscrpt_ioc.core.setting_keys import Bad, Checked, Refused
 
@@ -190,13 +190,13 @@ WATCH_NAME = Checked(_watch_name, "1-40 letters, digits, `_` or `-`")
 PV_NAMES = Checked(
     _pvs,
     "PV names: printable ASCII without spaces or quotes, a record name (before any `.`) "
-    "of at most 59 characters",
+    f"of at most {MAX_RECORD_CHARS} characters",
 )
 IOC_NAMES = Checked(_restart, "IOC names (letters, digits, `_`, `-`), each once")
 TRIGGER_VALUES = Checked(
     _values, f"all strings (at most {DBR_STRING_MAX} characters) or all finite numbers"
 )
-PROCSERV = Checked(_procserv, 'IOC = "host:port" or "unix:/absolute/path"')
+PROCSERV = Checked(_procserv, '`IOC = "host:port"` or `IOC = "unix:/absolute/path"`')
 
 
 # ---- relations of a watch's keys ------------------------------------------------------
@@ -215,7 +215,7 @@ class InRestart:
         return None
 
     def describe(self, key: str) -> str:
-        return "IOCs of `restart`"
+        return "each an IOC of `restart`"
 
 
 @dataclass(frozen=True)

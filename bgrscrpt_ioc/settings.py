@@ -7,7 +7,7 @@ Each key is declared once, on the dataclass field it fills (its type, default
 and what it allows: ``core.setting_keys``): the numbers of a slot on
 ``core.slot.Policy``, of a watch on ``core.watch.WatchPolicy``, the rest on the
 dataclasses below. A new key is one field; docs/settings.md's table of keys is
-written from the same declarations (``python -m bgrscrpt_ioc.settings_doc``).
+written from the same declarations (tools/settings_reference.py).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class SlotSettings:
             None,
             table="slots",
             note="the script, relative to the config dir",
-            shown='"background_script.py" (01), "background_scriptNN.py" (NN)',
+            shown='"background_script.py" (01), "background_scriptN.py" (slot N)',
         )
     )
     policy: Policy = field(default_factory=Policy)
@@ -126,7 +126,7 @@ class WatchSettings:
     via: str = setting(
         "procserv",
         Choice({"procserv": "procserv", "pv": "pv"}, in_words=True),
-        note='"pv": caput $(P)CS:PS:<IOC>:RESTART 1',
+        note='how to restart: procServ\'s control port, or "pv": `caput $(P)CS:PS:<IOC>:RESTART 1`',
     )
     procserv: dict[str, str] = field(
         default_factory=dict,
@@ -143,10 +143,14 @@ class WatchSettings:
 class Settings:
     slots: tuple[SlotSettings, ...]
     write_hosts: list[str] | None = setting(
-        None, HOSTS, table="access", note="who may write; everyone else reads only"
+        None,
+        HOSTS,
+        table="access",
+        note="who may write; everyone else reads only",
+        shown="(none: any host)",
     )
     write_users: list[str] | None = setting(
-        None, USERS, table="access", note="who may write, by user name"
+        None, USERS, table="access", note="who may write, by user name", shown="(none: any user)"
     )
     source: Path | None = None
     watches: tuple[WatchSettings, ...] = ()
@@ -172,7 +176,7 @@ class Settings:
     )
 
 
-# Every table and its keys; settings_doc writes the reference from this too.
+# Every table and its keys (tools/settings_reference.py writes docs/settings.md's from these).
 SUPERVISOR_KEYS: dict[str, Key] = {**keys_of(Policy), **keys_of(SlotSettings)}
 SLOT_KEYS: dict[str, Key] = {**SUPERVISOR_KEYS, **keys_of(SlotSettings, "slots")}
 ACCESS_KEYS: dict[str, Key] = keys_of(Settings, "access")
@@ -226,6 +230,8 @@ class _Lines:
                         return number
                     inside = current == table
                 else:
+                    if current == dotted and entries == nth:  # [table.key] in the entry
+                        return number
                     entry = current == table and line.lstrip().startswith("[[")
                     entries += entry
                     inside = entry and entries == nth

@@ -311,12 +311,13 @@ def setting(
     table: str = "",
     relations: tuple[Relation, ...] = (),
     note: str = "",
+    shown: str = "",
 ) -> T:
     """A dataclass field filled by the settings key of the same name; ``default`` is both
     the field's default and the key's. Immutable defaults only (see :func:`declared`)."""
     if isinstance(default, list | dict | set):
         raise TypeError("a mutable default needs field(default_factory=…, metadata=declared(…))")
-    metadata = declared(allowed, default, table=table, relations=relations, note=note)
+    metadata = declared(allowed, default, table=table, relations=relations, note=note, shown=shown)
     return field(default=default, metadata=metadata)
 
 
