@@ -216,7 +216,7 @@ class _Lines:
         """The line of ``key`` in ``[table]`` (``""``: at the top), or in the ``nth``
         ``[[table]]``. Else a ``[table.key]`` header; the key as a dotted key or in an
         inline table (in an enclosing table, or in the entry); the entry's header; 0."""
-        exact = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+        exact = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*[=.]")  # key = or key.sub =
         loose_re = re.compile(rf"(?:^|[\s{{,.])[\"']?{re.escape(key)}[\"']?\s*=")
         dotted = f"{table}.{key}" if table else key
         current, entries, start, loose = "", -1, 0, 0
