@@ -203,6 +203,14 @@ def load_settings(path: Path | None, *, config_dir: Path, slot_count: int) -> Se
     return _Loader(path, text).settings(data, config_dir, slot_count)
 
 
+def _escaped(text: str) -> str:
+    """``text`` with control characters escaped (a key or an IOC name is the file's own
+    text): the message stays one line and cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
 
 
@@ -270,7 +278,7 @@ class _Loader:
         line = self.lines.of(label if table is None else table, key, nth)
         where = f"{self.path}:{line}" if line else f"{self.path}"
         dotted = f"{label}.{key}" if label else key
-        return SettingsError(f"{where}: {dotted}: {problem}")
+        return SettingsError(f"{where}: {_escaped(dotted)}: {_escaped(problem)}")
 
     def table(self, parent: dict[str, Any], where: str, key: str) -> dict[str, Any]:
         value = parent.get(key, {})

@@ -357,3 +357,25 @@ def test_the_reference_tool_rewrites_a_stale_table(reference):
     new = reference.rewritten(text)
     assert new.startswith("intro\n") and new.endswith("\noutro\n")
     assert "| `startsecs` | 1.0 | 0 to 3600 s |" in new and "| 7 |" not in new
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('[supervisor]\n"a\\nb" = 1\n', "supervisor.a\\nb: unknown key"),
+        ('[slots]\n"BGRSCRPT_\\r01" = {}\n', "slots.BGRSCRPT_\\r01: no such slot"),
+        ('"\\u001b[2J" = 1\n', "\\x1b[2J: unknown key"),
+        ('[[watch]]\nname = "Z"\npvs = ["A"]\nrestart = ["X"]\nprocserv = { "a\\nb" = "h:1" }\n',
+         "watch.Z.procserv: a\\nb is not in restart"),
+        ('[[watch]]\nname = "Z"\npvs = ["A"]\nrestart = ["X"]\nprocserv = { "\\u0085" = 1 }\n',
+         'watch.Z.procserv: \\x85 must be "host:port"'),
+    ],
+)  # fmt: skip
+def test_a_key_from_the_file_is_escaped_in_the_one_line(tmp_path, text, shown):
+    path = tmp_path / "bgrscrpt.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, config_dir=tmp_path, slot_count=2)
+    message = str(caught.value)
+    assert message.isprintable(), message
+    assert shown in message, message
