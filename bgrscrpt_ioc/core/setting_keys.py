@@ -108,7 +108,9 @@ class Range:
             raise Bad(f"must be {'an integer' if whole else 'a number'}")
         if self.zero and value == 0:
             return kind(0)
-        if not (math.isfinite(value) and self.low <= value <= self.high):
+        # The bounds first: they compare with any int exactly, where isfinite() would
+        # overflow on one beyond a float (TOML integers can be that long).
+        if not (self.low <= value <= self.high and math.isfinite(value)):
             unit = f" {self.unit}" if self.unit else ""
             either = "0 or " if self.zero else ""
             raise Bad(f"must be {either}between {self.low:g} and {self.high:g}{unit}")

@@ -136,6 +136,16 @@ def test_out_of_range_names_the_range_its_unit_and_zero(value):
     )
 
 
+@pytest.mark.parametrize("key", ["count", "period"])
+def test_an_integer_beyond_any_float_is_out_of_range(tmp_path, key):
+    name, problem = refusal({"label": [], key: 10**400})
+    assert name == key and "between" in problem
+    path = tmp_path / "bgrscrpt.toml"
+    path.write_text(f"[supervisor]\nstart_limit_burst = {10**400}\n")
+    with pytest.raises(SettingsError, match="start_limit_burst: must be between 1 and 1000$"):
+        load_settings(path, config_dir=tmp_path, slot_count=1)
+
+
 @pytest.mark.parametrize(("value", "ok"), [(1, True), (10, True), (0, False), (11, False)])
 def test_an_int_range_is_inclusive_without_zero(value, ok):
     if ok:
