@@ -360,12 +360,13 @@ class _Loader:
             raise self.fail("", "watch", "must be an array of tables: [[watch]]")
         out: list[WatchSettings] = []
         names: set[str] = set()
+        shown = -1  # characters of NAMES so far: the names and a space between each two
         for index, entry in enumerate(entries):
             watch = self.watch(index, entry)
             problem = ""
             if watch.name in names:
                 problem = "two watches have this name"
-            elif sum(len(name) + 1 for name in names | {watch.name}) - 1 > NAMES_LIMIT:
+            elif shown + 1 + len(watch.name) > NAMES_LIMIT:
                 problem = (
                     f"the watch names, space-separated, exceed the {NAMES_LIMIT} characters "
                     "of BGRSCRPT:WATCH:NAMES: too many watches for one IOC"
@@ -373,6 +374,7 @@ class _Loader:
             if problem:
                 raise self.fail(f"watch.{watch.name}", "name", problem, table="watch", nth=index)
             names.add(watch.name)
+            shown += 1 + len(watch.name)
             out.append(watch)
         return tuple(out)
 

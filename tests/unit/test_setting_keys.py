@@ -389,3 +389,18 @@ def test_a_key_from_the_file_is_escaped_in_the_one_line(tmp_path, text, shown):
     message = str(caught.value)
     assert message.isprintable(), message
     assert shown in message, message
+
+
+@pytest.mark.parametrize(("last", "fits"), [(33, True), (34, False)])
+def test_the_watch_names_fill_names_to_its_last_character(tmp_path, last, fits):
+    # 199 names of 40 characters and their spaces: 8159; then a space and the last name.
+    names = [f"W{i:039d}" for i in range(199)] + ["L" * last]
+    text = "".join(GOOD_WATCH.format(name) for name in names)
+    path = tmp_path / "bgrscrpt.toml"
+    path.write_text(text)
+    if fits:
+        settings = load_settings(path, config_dir=tmp_path, slot_count=1)
+        assert len(" ".join(w.name for w in settings.watches)) == 8192
+    else:
+        with pytest.raises(SettingsError, match=rf":997: watch.{'L' * last}.name: .* 8192 "):
+            load_settings(path, config_dir=tmp_path, slot_count=1)
