@@ -2,203 +2,65 @@
 
 A broken file must never half-apply, so everything is checked before anything
 is used, and every error names the file, the line and the key.
+
+Each key is declared once, on the dataclass field it fills (its type, default
+and what it allows: ``core.setting_keys``): the numbers of a slot on
+``core.slot.Policy``, of a watch on ``core.watch.WatchPolicy``, the rest on the
+dataclasses below. A new key is one field; docs/settings.md's table of keys is
+written from the same declarations (tools/settings_reference.py).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import math
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgrscrpt_ioc.ca.names import name_problem
-from bgrscrpt_ioc.core.endpoint import host_problem, ip_problem, network_problem, parse_endpoint
-from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, AutoRestart, Policy
-from bgrscrpt_ioc.core.watch import NAMES_LIMIT, SEVERITY_NAMES, Level, WatchPolicy
-
-WATCHDOG_MIN = 1.0
-WATCHDOG_MAX = 86400.0
-"""A watchdog period is 0 (off) or within these, in seconds (also for a WATCHDOG put)."""
+from bgrscrpt_ioc.ca.ioc_pvs import LOOP_LAG_HIGH, LOOP_LAG_HIHI
+from bgrscrpt_ioc.core.setting_keys import (
+    Bad,
+    Choice,
+    Flag,
+    Key,
+    Needs,
+    NotBelow,
+    Range,
+    Refused,
+    check_table,
+    check_values,
+    declared,
+    fill,
+    keys_of,
+    relation_refusal,
+    setting,
+    with_defaults,
+)
+from bgrscrpt_ioc.core.slot import AUTORESTART_LABELS, WATCHDOG, AutoRestart, Policy
+from bgrscrpt_ioc.core.watch import NAMES_LIMIT, WatchPolicy
+from bgrscrpt_ioc.setting_values import (
+    HOSTS,
+    IOC_NAMES,
+    MACROS,
+    PROCSERV,
+    PV_NAMES,
+    SCRIPT,
+    SCRIPT_PATH_MAX,
+    TRIGGER_VALUES,
+    USERS,
+    WATCH_NAME,
+    InRestart,
+    NeededVia,
+)
 
 
 class SettingsError(Exception):
     """A one-line, human-readable problem with the settings file."""
 
 
-class _Bad(ValueError):
-    """A value a key cannot take; the text completes "<file>:<line>: <key>: "."""
-
-
-# ---- what each key may hold ------------------------------------------------------------
-# Every key has a checker: it returns the value as the IOC uses it, or raises _Bad
-# with what the key must be. Anything a checker accepts runs.
-
-
-@dataclass(frozen=True)
-class Number:
-    """An integer or a float within [low, high]; ``zero``: 0 is allowed too (off, or at once)."""
-
-    kind: type
-    low: float
-    high: float
-    zero: bool = False
-    unit: str = ""
-
-    def __call__(self, value: Any) -> int | float:
-        is_number = isinstance(value, int) if self.kind is int else isinstance(value, int | float)
-        if isinstance(value, bool) or not is_number:
-            raise _Bad(f"must be {'an integer' if self.kind is int else 'a number'}")
-        if self.zero and value == 0:
-            return self.kind(0)
-        if not (math.isfinite(value) and self.low <= value <= self.high):
-            unit = f" {self.unit}" if self.unit else ""
-            either = "0 or " if self.zero else ""
-            raise _Bad(f"must be {either}between {self.low:g} and {self.high:g}{unit}")
-        return self.kind(value)
-
-
-def _autorestart(value: Any) -> AutoRestart:
-    if value not in AUTORESTART_LABELS:
-        raise _Bad(f"must be one of {list(AUTORESTART_LABELS)}")
-    return AutoRestart(AUTORESTART_LABELS.index(value))
-
-
-SCRIPT_PATH_MAX = 1023
-"""Bytes of a script's absolute path: SCRIPT shows it whole (a 1024-byte waveform)."""
-MACROS_JSON_MAX = 65536
-"""Bytes of a slot's macros as JSON: the script gets them in one environment variable."""
-
-
-def _text(value: Any, what: str) -> str:
-    """A non-empty string with no control characters (they would garble MSG and the log)."""
-    if not isinstance(value, str) or not value:
-        raise _Bad(f"must be {what}")
-    bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160), None)
-    if bad is not None:
-        raise _Bad(f"must be {what}, without control characters (found {bad!r})")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise _Bad(f"must be {what} (found a lone surrogate)")
-    return value
-
-
-def _script(value: Any) -> str:
-    return _text(value, "a file name or path")
-
-
-def _macros(value: Any) -> dict[str, str | int | float | bool]:
-    """What ``get_macro_values()`` can hand a script: names to strings, numbers or booleans."""
-    if not isinstance(value, dict):
-        raise _Bad("must be a table of macro names and values")
-    for name, item in value.items():
-        try:
-            _text(name, "a macro name")
-        except _Bad as exc:
-            raise _Bad(f"{name!r}: {exc}") from None
-        if isinstance(item, str):
-            if "\x00" in item or any(0xD800 <= ord(c) <= 0xDFFF for c in item):
-                raise _Bad(f"{name}: a macro value must not hold NUL or a lone surrogate")
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise _Bad(f"{name}: must be a finite number, not {item}")
-        elif not isinstance(item, int | float | bool):
-            raise _Bad(
-                f"{name}: must be a string, a number or true/false, not "
-                f"{_toml_type(item)} (quote it to pass it as text)"
-            )
-    if len(json.dumps(value)) > MACROS_JSON_MAX:
-        raise _Bad(f"too large: the macros are at most {MACROS_JSON_MAX} bytes as JSON")
-    return dict(value)
-
-
-def _toml_type(value: Any) -> str:
-    if isinstance(value, datetime.datetime):
-        return "a date-time"
-    if isinstance(value, datetime.date):
-        return "a date"
-    if isinstance(value, datetime.time):
-        return "a time"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
-
-
-def _hosts(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Bad("must be a list of strings")
-    for host in value:
-        name = host.strip()
-        if ip_problem(name) and host_problem(name) and network_problem(name):
-            raise _Bad(
-                f"{host!r} is neither a host name (RFC 1123), an IP address nor a network"
-                " (10.1.2.0/24)"
-            )
-    return value
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad("must be true or false")
-    return value
-
-
-def _users(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Bad("must be a list of strings")
-    for user in value:
-        _text(user.strip(), "a list of user names")
-    return value
-
-
-# [supervisor], usable again in [slots.BGRSCRPT_NN]. A new numeric key is one line here
-# (and a field of Policy or SlotSettings).
-_SUPERVISOR: dict[str, Callable[[Any], Any]] = {
-    "startsecs": Number(float, 0.0, 3600.0, unit="s"),
-    "stop_timeout": Number(float, 0.1, 3600.0, zero=True, unit="s"),
-    "backoff_initial": Number(float, 0.1, 3600.0, zero=True, unit="s"),
-    "backoff_max": Number(float, 0.1, 86400.0, zero=True, unit="s"),
-    "start_limit_burst": Number(int, 1, 1000),
-    "start_limit_interval": Number(float, 1.0, 86400.0, zero=True, unit="s"),
-    "watchdog": Number(float, WATCHDOG_MIN, WATCHDOG_MAX, zero=True, unit="s"),
-    "log_max_bytes": Number(int, 1024, 1 << 40),
-    "log_backups": Number(int, 0, 1000),
-    "memory_max": Number(float, 1.0, 1048576.0, zero=True, unit="MB"),  # 0 = no limit
-    "autorestart": _autorestart,
-}
-_SLOT: dict[str, Callable[[Any], Any]] = {**_SUPERVISOR, "script": _script, "macros": _macros}
-_ACCESS: dict[str, Callable[[Any], Any]] = {
-    "write_hosts": _hosts,
-    "write_users": _users,
-    "require_address": _flag,
-}
-_IOC: dict[str, Callable[[Any], Any]] = {
-    "loop_lag_high": Number(float, 1.0, 600000.0, zero=True, unit="ms"),
-    "loop_lag_hihi": Number(float, 1.0, 600000.0, zero=True, unit="ms"),
-}
-_TOP_KEYS = {"supervisor", "slots", "access", "watch", "ioc"}
-
-# One [[watch]]: numbers here, the rest checked in _Validator.watch
-_WATCH_NUMBERS: dict[str, Number] = {
-    "delay": Number(float, 0.1, 86400.0, zero=True, unit="s"),
-    "verify_timeout": Number(float, 1.0, 86400.0, unit="s"),
-    "max_restarts": Number(int, 1, 1000),
-    "window": Number(float, 1.0, 30 * 86400.0, unit="s"),
-    "backoff": Number(float, 0.1, 86400.0, zero=True, unit="s"),
-    "backoff_max": Number(float, 0.1, 7 * 86400.0, zero=True, unit="s"),
-}
-_WATCH_KEYS = set(_WATCH_NUMBERS) | {
-    "name", "pvs", "severity", "disconnected", "values", "restart", "via", "procserv",
-}  # fmt: skip
-_PV_SAFE = re.compile(r"[A-Za-z0-9_-]{1,40}")
-# Printable ASCII but space and quotes: what EPICS record and CA names are made of.
-_PV_NAME = re.compile(r"[!#-&(-~]{1,200}")
-DBR_STRING_MAX = 39
-"""Characters of a DBR_STRING (40 bytes with its NUL): a longer `values` entry never matches."""
+# ---- what the settings fill -------------------------------------------------------------
 
 
 def slot_name(index: int) -> str:
@@ -213,42 +75,114 @@ def default_script(index: int) -> str:
 
 @dataclass(frozen=True)
 class SlotSettings:
-    """Everything one slot needs to know from the settings."""
+    """Everything one slot needs to know from the settings.
+
+    Its keys, and those of its ``policy``, may be in ``[supervisor]`` for every slot
+    or in ``[slots.BGRSCRPT_NN]`` for one; those of table ``slots``, in the latter only.
+    """
 
     name: str
-    script: Path
+    script: Path = field(
+        metadata=declared(
+            SCRIPT,
+            None,
+            table="slots",
+            note="the script, relative to the config dir",
+            shown='"background_script.py" (01), "background_scriptN.py" (slot N)',
+        )
+    )
     policy: Policy = field(default_factory=Policy)
-    autorestart: AutoRestart = AutoRestart.ON_FAILURE
-    watchdog: float = 0.0
-    macros: dict[str, Any] | None = None
-    log_max_bytes: int = 10_000_000
-    log_backups: int = 5
+    autorestart: AutoRestart = setting(
+        AutoRestart.ON_FAILURE,
+        Choice({label: AutoRestart(i) for i, label in enumerate(AUTORESTART_LABELS)}),
+        note="when the script is restarted by itself",
+    )
+    watchdog: float = setting(
+        0.0, WATCHDOG, note="kill a run that has not beaten for this long (also a WATCHDOG put)"
+    )
+    macros: dict[str, Any] | None = setting(
+        None, MACROS, table="slots", note="what `get_macro_values()` returns to the script"
+    )
+    log_max_bytes: int = setting(
+        10_000_000, Range(1024, 1 << 40), note="VAR/logs/BGRSCRPT_NN.log is rotated at this size"
+    )
+    log_backups: int = setting(5, Range(0, 1000), note="old log files kept")
 
 
 @dataclass(frozen=True)
 class WatchSettings:
-    """One ``[[watch]]`` entry: what to watch, what to restart and how."""
+    """One ``[[watch]]`` entry: what to watch, what to restart and how (its ``policy``)."""
 
-    name: str
-    pvs: tuple[str, ...]
-    restart: tuple[str, ...]
+    name: str = field(metadata=declared(WATCH_NAME, note="goes into PV names"))
+    pvs: tuple[str, ...] = field(metadata=declared(PV_NAMES, note="the PVs watched"))
+    restart: tuple[str, ...] = field(
+        metadata=declared(IOC_NAMES, note="the IOCs restarted, in this order")
+    )
     policy: WatchPolicy = field(default_factory=WatchPolicy)
-    values: tuple[str | int | float, ...] = ()
-    via: str = "procserv"
-    procserv: dict[str, str] = field(default_factory=dict)
+    values: tuple[str | int | float, ...] = setting(
+        (), TRIGGER_VALUES, note="a PV at one of these values triggers too"
+    )
+    # A new way to restart: a label here, and a per-IOC table like procserv's below.
+    via: str = setting(
+        "procserv",
+        Choice({"procserv": "procserv", "pv": "pv"}, in_words=True),
+        note='how to restart: procServ\'s control port, or "pv": `caput $(P)CS:PS:<IOC>:RESTART 1`',
+    )
+    procserv: dict[str, str] = field(
+        default_factory=dict,
+        metadata=declared(
+            PROCSERV,
+            {},
+            relations=(InRestart(), NeededVia("procserv", "procServ endpoint")),
+            note="where each IOC's procServ control port listens",
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
     slots: tuple[SlotSettings, ...]
-    write_hosts: list[str] | None = None
-    write_users: list[str] | None = None
+    write_hosts: list[str] | None = setting(
+        None,
+        HOSTS,
+        table="access",
+        note="who may write; everyone else reads only",
+        shown="(none: any host)",
+    )
+    write_users: list[str] | None = setting(
+        None, USERS, table="access", note="who may write, by user name", shown="(none: any user)"
+    )
     source: Path | None = None
     watches: tuple[WatchSettings, ...] = ()
-    loop_lag_high: float = 200.0  # ms: BGRSCRPT:LOOP_LAG MINOR at or above (0: off)
-    loop_lag_hihi: float = 1000.0  # ms: MAJOR at or above (0: off)
-    # [access]: write_hosts names match only the addresses they resolve to at start-up
-    require_address: bool = False
+    loop_lag_high: float = setting(
+        LOOP_LAG_HIGH,
+        Range(1.0, 600000.0, zero="off", unit="ms"),
+        table="ioc",
+        note="BGRSCRPT:LOOP_LAG is MINOR at or above this",
+    )
+    loop_lag_hihi: float = setting(
+        LOOP_LAG_HIHI,
+        Range(1.0, 600000.0, zero="off", unit="ms"),
+        table="ioc",
+        relations=(NotBelow("loop_lag_high", unless_off=True),),
+        note="MAJOR at or above this",
+    )
+    require_address: bool = setting(
+        False,
+        Flag(),
+        table="access",
+        relations=(Needs("write_hosts", "needs write_hosts to check against"),),
+        note="host names count only by the addresses they resolve to at start-up",
+    )
+
+
+# Every table and its keys (tools/settings_reference.py writes docs/settings.md's from these).
+SUPERVISOR_KEYS: dict[str, Key] = {**keys_of(Policy), **keys_of(SlotSettings)}
+SLOT_KEYS: dict[str, Key] = {**SUPERVISOR_KEYS, **keys_of(SlotSettings, "slots")}
+ACCESS_KEYS: dict[str, Key] = keys_of(Settings, "access")
+IOC_KEYS: dict[str, Key] = keys_of(Settings, "ioc")
+WATCH_KEYS: dict[str, Key] = {**keys_of(WatchSettings), **keys_of(WatchPolicy)}
+_TOP_KEYS = {"supervisor", "slots", "access", "watch", "ioc"}
 
 
 def load_settings(path: Path | None, *, config_dir: Path, slot_count: int) -> Settings:
@@ -266,229 +200,85 @@ def load_settings(path: Path | None, *, config_dir: Path, slot_count: int) -> Se
             line = re.search(r"at line (\d+)", str(exc))
             where = f"{path}:{line.group(1)}" if line else f"{path}"
             raise SettingsError(f"{where}: not valid TOML: {exc}") from None
-    return _Validator(path, text).settings(data, config_dir, slot_count)
+    return _Loader(path, text).settings(data, config_dir, slot_count)
 
 
-class _Validator:
-    def __init__(self, path: Path | None, text: str):
-        self.path = path
+def _escaped(text: str) -> str:
+    """``text`` with control characters escaped (a key or an IOC name is the file's own
+    text): the message stays one line and cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
+
+
+class _Lines:
+    """Where a key is written, best effort: tomllib keeps no positions."""
+
+    def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
 
-    def fail(self, table: str, key: str, problem: str) -> SettingsError:
-        line = self._line_of(table, key)
-        where = f"{self.path}:{line}" if line else f"{self.path}"
-        dotted = f"{table}.{key}" if table else key
-        return SettingsError(f"{where}: {dotted}: {problem}")
-
-    def _line_of(self, table: str, key: str) -> int:
-        """Best effort: the line of ``key`` inside ``[table]`` (tomllib keeps no positions)."""
-        header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]")
-        key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
-        dotted = f"{table}.{key}" if table else key
-        # Fallback: the key in a dotted key (supervisor.startsecs = …) or an
-        # inline table (BGRSCRPT_01 = { startsecs = … }) under an enclosing table.
+    def of(self, table: str, key: str, nth: int | None = None) -> int:
+        """The line of ``key`` in ``[table]`` (``""``: at the top), or in the ``nth``
+        ``[[table]]``. Else a ``[table.key]`` header; the key as a dotted key or in an
+        inline table (in an enclosing table, or in the entry); the entry's header; 0."""
+        exact = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*[=.]")  # key = or key.sub =
         loose_re = re.compile(rf"(?:^|[\s{{,.])[\"']?{re.escape(key)}[\"']?\s*=")
-        loose = 0
-        current = ""
+        dotted = f"{table}.{key}" if table else key
+        current, entries, start, loose = "", -1, 0, 0
+        inside = nth is None and not table  # in [table], or in the nth [[table]]
         for number, line in enumerate(self.lines, 1):
-            match = header.match(line)
+            match = _HEADER.match(line)
             if match:
                 current = match.group(1).replace('"', "").replace("'", "")
-                if current == dotted:  # the key is a table of its own: [table.key]
-                    return number
-            elif current == table and key_re.match(line):
+                if nth is None:
+                    if current == dotted:  # the key is a table of its own: [table.key]
+                        return number
+                    inside = current == table
+                else:
+                    if current == dotted and entries == nth:  # [table.key] in the entry
+                        return number
+                    entry = current == table and line.lstrip().startswith("[[")
+                    entries += entry
+                    inside = entry and entries == nth
+                    start = start or (number if inside else 0)
+                continue
+            if inside and exact.match(line):
                 return number
-            elif (
-                not loose
-                and (not current or f"{table}.".startswith(f"{current}."))
-                and loose_re.search(line.split("#", 1)[0])
-            ):
+            # A dotted key (supervisor.startsecs = …) or an inline table
+            # (BGRSCRPT_01 = { startsecs = … }) under an enclosing table.
+            enclosing = (
+                (not current or f"{table}.".startswith(f"{current}.")) if nth is None else inside
+            )
+            if not loose and enclosing and loose_re.search(line.split("#", 1)[0]):
                 loose = number
-        return loose
+        if nth is None:
+            return loose
+        return loose or start or self.of("", table)
 
-    def settings(self, data: dict[str, Any], config_dir: Path, slot_count: int) -> Settings:
-        for key in data:
-            if key not in _TOP_KEYS:
-                raise self.fail("", key, f"unknown key (expected one of {sorted(_TOP_KEYS)})")
-        supervisor = self.table(data, "", "supervisor")
-        defaults = self.checked("supervisor", supervisor, _SUPERVISOR)
-        slots_table = self.table(data, "", "slots")
-        names = [slot_name(i) for i in range(1, slot_count + 1)]
-        for name in slots_table:
-            if name not in names:
-                raise self.fail("slots", name, f"no such slot (this IOC has {', '.join(names)})")
-        slots = []
-        for index, name in enumerate(names, 1):
-            own = self.table(slots_table, "slots", name)
-            values = {**defaults, **self.checked(f"slots.{name}", own, _SLOT)}
-            slots.append(self.slot(name, index, values, config_dir, own=set(own)))
-        access = self.checked("access", self.table(data, "", "access"), _ACCESS)
-        if access.get("require_address") and access.get("write_hosts") is None:
-            raise self.fail("access", "require_address", "needs write_hosts to check against")
-        ioc = self.checked("ioc", self.table(data, "", "ioc"), _IOC)
-        high, hihi = ioc.get("loop_lag_high", 200.0), ioc.get("loop_lag_hihi", 1000.0)
-        if high and hihi and hihi < high:
-            raise self.fail("ioc", "loop_lag_hihi", "must not be less than loop_lag_high")
-        watches = self.watches(data.get("watch", []))
-        return Settings(
-            tuple(slots),
-            access.get("write_hosts"),
-            access.get("write_users"),
-            self.path,
-            watches,
-            loop_lag_high=high,
-            loop_lag_hihi=hihi,
-            require_address=access.get("require_address", False),
-        )
 
-    # ---- [[watch]] ------------------------------------------------------------------
+class _Loader:
+    def __init__(self, path: Path | None, text: str):
+        self.path = path
+        self.lines = _Lines(text)
 
-    def watch_fail(self, index: int, label: str, key: str, problem: str) -> SettingsError:
-        """Like ``fail``, for the ``index``-th ``[[watch]]`` (their headers all look alike)."""
-        line = self._watch_line(index, key)
+    def fail(
+        self,
+        label: str,
+        key: str,
+        problem: str,
+        *,
+        table: str | None = None,
+        nth: int | None = None,
+    ) -> SettingsError:
+        """``<file>:<line>: <label>.<key>: <problem>``; ``table`` and ``nth`` find the line
+        when ``label`` is not the table's header (a ``[[watch]]`` entry)."""
+        line = self.lines.of(label if table is None else table, key, nth)
         where = f"{self.path}:{line}" if line else f"{self.path}"
-        return SettingsError(f"{where}: {label}.{key}: {problem}")
-
-    def _watch_line(self, index: int, key: str) -> int:
-        header = re.compile(r"^\s*\[\[\s*watch\s*\]\]")
-        other = re.compile(r"^\s*\[")
-        key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
-        seen, start = -1, 0
-        for number, line in enumerate(self.lines, 1):
-            if header.match(line):
-                seen += 1
-                if seen == index:
-                    start = number
-                elif seen > index:
-                    break
-            elif seen == index and other.match(line):
-                break
-            elif seen == index and key_re.match(line):
-                return number
-        return start or self._line_of("", "watch")
-
-    def watches(self, entries: Any) -> tuple[WatchSettings, ...]:
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise self.fail("", "watch", "must be an array of tables: [[watch]]")
-        out: list[WatchSettings] = []
-        names: set[str] = set()
-        for index, entry in enumerate(entries):
-            watch = self.watch(index, entry)
-            if watch.name in names:
-                raise self.watch_fail(
-                    index, f"watch.{watch.name}", "name", "two watches have this name"
-                )
-            names.add(watch.name)
-            if sum(len(name) + 1 for name in names) - 1 > NAMES_LIMIT:
-                raise self.watch_fail(
-                    index, f"watch.{watch.name}", "name",
-                    f"the watch names, space-separated, exceed the {NAMES_LIMIT} characters "
-                    "of BGRSCRPT:WATCH:NAMES: too many watches for one IOC",
-                )  # fmt: skip
-            out.append(watch)
-        return tuple(out)
-
-    def watch(self, index: int, entry: dict[str, Any]) -> WatchSettings:
-        label = f"watch[{index}]"
-        name = entry.get("name")
-        if not isinstance(name, str) or not _PV_SAFE.fullmatch(name):
-            raise self.watch_fail(
-                index, label, "name",
-                "must be 1-40 letters, digits, '_' or '-' (it goes into PV names)",
-            )  # fmt: skip
-        label = f"watch.{name}"
-
-        def fail(key: str, problem: str) -> SettingsError:
-            return self.watch_fail(index, label, key, problem)
-
-        for key in entry:
-            if key not in _WATCH_KEYS:
-                raise fail(key, f"unknown key (expected one of {sorted(_WATCH_KEYS)})")
-        numbers: dict[str, Any] = {}
-        for key, check in _WATCH_NUMBERS.items():
-            if key in entry:
-                try:
-                    numbers[key] = check(entry[key])
-                except _Bad as exc:
-                    raise fail(key, str(exc)) from None
-        pvs = entry.get("pvs")
-        if (
-            not isinstance(pvs, list)
-            or not pvs
-            or not all(isinstance(p, str) and _PV_NAME.fullmatch(p) for p in pvs)
-        ):
-            raise fail("pvs", "must be a non-empty list of PV names")
-        for pv in pvs:
-            problem = name_problem(pv)
-            if problem is not None:
-                raise fail("pvs", f"{pv}: {problem}")
-        severity = entry.get("severity", "INVALID")
-        if severity not in SEVERITY_NAMES:
-            raise fail("severity", f"must be one of {list(SEVERITY_NAMES)}")
-        disconnected = entry.get("disconnected", True)
-        if not isinstance(disconnected, bool):
-            raise fail("disconnected", "must be true or false")
-        values = entry.get("values", [])
-        if not isinstance(values, list) or not (
-            all(isinstance(v, str) for v in values)
-            or all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-        ):
-            raise fail("values", "must be a list of strings, or a list of numbers")
-        for value in values:
-            if isinstance(value, float) and not math.isfinite(value):
-                raise fail("values", f"{value} can never match: use finite numbers")
-            if isinstance(value, str) and (
-                len(value.strip().encode("utf-8")) > DBR_STRING_MAX or "\x00" in value
-            ):
-                raise fail(
-                    "values",
-                    f"{value[:50]!r} can never match: a PV's value as text is at most "
-                    f"{DBR_STRING_MAX} characters",
-                )
-        restart = entry.get("restart")
-        if (
-            not isinstance(restart, list)
-            or not restart
-            or not all(isinstance(r, str) and _PV_SAFE.fullmatch(r) for r in restart)
-        ):
-            raise fail("restart", "must be a non-empty list of IOC names")
-        if len(set(restart)) != len(restart):
-            raise fail("restart", "names an IOC twice")
-        via = entry.get("via", "procserv")
-        if via not in ("procserv", "pv"):
-            raise fail("via", 'must be "procserv" or "pv"')
-        procserv = entry.get("procserv", {})
-        if not isinstance(procserv, dict):
-            raise fail("procserv", 'must be a table of IOC = "host:port" or "unix:/path"')
-        for ioc, endpoint in procserv.items():
-            if ioc not in restart:
-                raise fail("procserv", f"{ioc} is not in restart")
-            if not isinstance(endpoint, str):
-                raise fail("procserv", f'{ioc} must be "host:port" or "unix:/path"')
-            try:
-                parse_endpoint(endpoint)
-            except ValueError as exc:
-                raise fail("procserv", f"{ioc}: {endpoint!r}: {exc}") from None
-        if via == "procserv":
-            missing = [ioc for ioc in restart if ioc not in procserv]
-            if missing:
-                raise fail("procserv", f"no procServ endpoint for {', '.join(missing)}")
-        policy = WatchPolicy(
-            severity=int(Level[severity]),
-            disconnected=disconnected,
-            **numbers,
-        )
-        if policy.backoff_max < policy.backoff:
-            raise fail("backoff_max", "must not be less than backoff")
-        return WatchSettings(
-            name=name,
-            pvs=tuple(pvs),
-            restart=tuple(restart),
-            policy=policy,
-            values=tuple(values),
-            via=via,
-            procserv=dict(procserv),
-        )
+        dotted = f"{label}.{key}" if label else key
+        return SettingsError(f"{where}: {_escaped(dotted)}: {_escaped(problem)}")
 
     def table(self, parent: dict[str, Any], where: str, key: str) -> dict[str, Any]:
         value = parent.get(key, {})
@@ -496,48 +286,108 @@ class _Validator:
             raise self.fail(where, key, "must be a table")
         return value
 
-    def checked(
-        self, table: str, values: dict[str, Any], keys: dict[str, Callable[[Any], Any]]
-    ) -> dict[str, Any]:
-        """Each key of ``values`` known in ``keys`` and accepted by its checker, converted."""
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in keys:
-                raise self.fail(table, key, f"unknown key (expected one of {sorted(keys)})")
-            try:
-                out[key] = keys[key](value)
-            except _Bad as exc:
-                raise self.fail(table, key, str(exc)) from None
-        return out
+    def given(self, table: str, values: dict[str, Any], keys: Mapping[str, Key]) -> dict[str, Any]:
+        """The keys ``values`` sets, checked (no defaults, no relations yet)."""
+        try:
+            return check_values(values, keys)
+        except Refused as exc:
+            raise self.fail(table, exc.key, exc.problem) from None
+
+    def whole(self, table: str, values: dict[str, Any], keys: Mapping[str, Key]) -> dict[str, Any]:
+        """Every key of ``table``: checked, defaulted, related."""
+        try:
+            return check_table(values, keys)
+        except Refused as exc:
+            raise self.fail(table, exc.key, exc.problem) from None
+
+    def settings(self, data: dict[str, Any], config_dir: Path, slot_count: int) -> Settings:
+        for key in data:
+            if key not in _TOP_KEYS:
+                raise self.fail("", key, f"unknown key (expected one of {sorted(_TOP_KEYS)})")
+        supervisor = self.given("supervisor", self.table(data, "", "supervisor"), SUPERVISOR_KEYS)
+        slots_table = self.table(data, "", "slots")
+        names = [slot_name(i) for i in range(1, slot_count + 1)]
+        for name in slots_table:
+            if name not in names:
+                raise self.fail("slots", name, f"no such slot (this IOC has {', '.join(names)})")
+        slots = []
+        for index, name in enumerate(names, 1):
+            own = self.given(f"slots.{name}", self.table(slots_table, "slots", name), SLOT_KEYS)
+            slots.append(self.slot(name, index, supervisor, own, config_dir))
+        access = self.whole("access", self.table(data, "", "access"), ACCESS_KEYS)
+        ioc = self.whole("ioc", self.table(data, "", "ioc"), IOC_KEYS)
+        watches = self.watches(data.get("watch", []))
+        return fill(
+            Settings, {**access, **ioc}, slots=tuple(slots), source=self.path, watches=watches
+        )
 
     def slot(
-        self, name: str, index: int, values: dict[str, Any], config_dir: Path, own: set[str]
+        self,
+        name: str,
+        index: int,
+        supervisor: dict[str, Any],
+        own: dict[str, Any],
+        config_dir: Path,
     ) -> SlotSettings:
-        """``values``: [supervisor] overlaid with the slot's own keys, which are ``own``."""
-        policy_keys = set(Policy.__dataclass_fields__)
-        policy = Policy(**{k: v for k, v in values.items() if k in policy_keys})
-        if policy.backoff_max < policy.backoff_initial:
+        """The slot's own keys over ``[supervisor]``'s, over the defaults."""
+        values = with_defaults({**supervisor, **own}, SLOT_KEYS)
+        refused = relation_refusal(values, SLOT_KEYS, own)
+        if refused is not None:
             # Name the key that made it so: the slot's own if it has one, else [supervisor]'s.
-            pair = ("backoff_max", "backoff_initial")
-            mine = [key for key in pair if key in own]
-            table = f"slots.{name}" if mine else "supervisor"
-            key = (mine or [k for k in pair if k in values] or ["backoff_max"])[0]
-            other = pair[1] if key == pair[0] else pair[0]
-            relation = "less than" if key == "backoff_max" else "more than"
-            raise self.fail(table, key, f"must not be {relation} {other}")
-        script = Path(values.get("script", default_script(index)))
+            table = f"slots.{name}"
+            if refused.key not in own:
+                table = "supervisor"
+                refused = relation_refusal(values, SLOT_KEYS, supervisor) or refused
+            raise self.fail(table, refused.key, refused.problem)
+        script = Path(values["script"] or default_script(index))
         if not script.is_absolute():
             script = config_dir / script
         if len(str(script.absolute()).encode("utf-8", "surrogateescape")) > SCRIPT_PATH_MAX:
             problem = f"the script's path is longer than {SCRIPT_PATH_MAX} bytes"
             raise self.fail(f"slots.{name}", "script", problem)
-        return SlotSettings(
+        return fill(
+            SlotSettings,
+            values,
             name=name,
             script=script.absolute(),
-            policy=policy,
-            autorestart=values.get("autorestart", AutoRestart.ON_FAILURE),
-            watchdog=values.get("watchdog", 0.0),
-            macros=values.get("macros"),
-            log_max_bytes=values.get("log_max_bytes", 10_000_000),
-            log_backups=values.get("log_backups", 5),
+            policy=fill(Policy, values),
         )
+
+    # ---- [[watch]] ------------------------------------------------------------------
+
+    def watches(self, entries: Any) -> tuple[WatchSettings, ...]:
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise self.fail("", "watch", "must be an array of tables: [[watch]]")
+        out: list[WatchSettings] = []
+        names: set[str] = set()
+        shown = -1  # characters of NAMES so far: the names and a space between each two
+        for index, entry in enumerate(entries):
+            watch = self.watch(index, entry)
+            problem = ""
+            if watch.name in names:
+                problem = "two watches have this name"
+            elif shown + 1 + len(watch.name) > NAMES_LIMIT:
+                problem = (
+                    f"the watch names, space-separated, exceed the {NAMES_LIMIT} characters "
+                    "of BGRSCRPT:WATCH:NAMES: too many watches for one IOC"
+                )
+            if problem:
+                raise self.fail(f"watch.{watch.name}", "name", problem, table="watch", nth=index)
+            names.add(watch.name)
+            shown += 1 + len(watch.name)
+            out.append(watch)
+        return tuple(out)
+
+    def watch(self, index: int, entry: dict[str, Any]) -> WatchSettings:
+        # The name first: the other keys' errors say watch.<name>.
+        try:
+            name = WATCH_KEYS["name"].check(entry.get("name"))
+        except Bad as exc:
+            raise self.fail(f"watch[{index}]", "name", str(exc), table="watch", nth=index) from None
+        try:
+            values = check_table(entry, WATCH_KEYS)
+        except Refused as exc:
+            raise self.fail(
+                f"watch.{name}", exc.key, exc.problem, table="watch", nth=index
+            ) from None
+        return fill(WatchSettings, values, policy=fill(WatchPolicy, values))

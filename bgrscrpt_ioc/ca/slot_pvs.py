@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Protocol
 from caproto import AlarmSeverity, SkipWrite, SubscriptionType
 from caproto.server import pvproperty
 
-from ..core.slot import AUTORESTART_LABELS, SlotState
+from ..core.slot import AUTORESTART_LABELS, WATCHDOG, SlotState
 from . import properties as props
 from .channels import (
     CheckedDouble,
@@ -35,9 +35,6 @@ STATUS_SEVERITY = {
     SlotState.FATAL: AlarmSeverity.MAJOR_ALARM,
 }
 """STATUS alarm severities; every other state is NO_ALARM."""
-
-WATCHDOG_MAX = 86400.0
-"""Longest watchdog period a put may set, in seconds (one day)."""
 
 TEXT_LIMITS = {"script": 1024, "msg": 1024, "log": 5120, "plot_url": 256}
 """Bytes each char waveform holds (its NELM)."""
@@ -127,9 +124,9 @@ class SlotPVs(BasePVGroup):
         units="s",
         precision=1,
         lower_ctrl_limit=0.0,
-        upper_ctrl_limit=WATCHDOG_MAX,
+        upper_ctrl_limit=WATCHDOG.high,
         lower_disp_limit=0.0,
-        upper_disp_limit=WATCHDOG_MAX,
+        upper_disp_limit=WATCHDOG.high,
     )
     script = props.text("SCRIPT", "Absolute path of the script", TEXT_LIMITS["script"])
     msg = props.text("MSG", "Last event in words", TEXT_LIMITS["msg"])
@@ -275,6 +272,7 @@ def _watchdog_seconds(value: Any) -> float:
         seconds = float(value)
     except (TypeError, ValueError):
         raise PutRejected(f"watchdog must be a number of seconds, not {value!r}") from None
-    if not math.isfinite(seconds) or not 0.0 <= seconds <= WATCHDOG_MAX:
-        raise PutRejected(f"watchdog must be 0 (off) to {WATCHDOG_MAX:g} s, not {seconds!r}")
+    # Only what no controller could take; the controller checks the rest (WATCHDOG's range).
+    if not math.isfinite(seconds) or not 0.0 <= seconds <= WATCHDOG.high:
+        raise PutRejected(f"watchdog must be 0 (off) to {WATCHDOG.high:g} s, not {seconds!r}")
     return seconds

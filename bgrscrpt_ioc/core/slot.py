@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from .setting_keys import Bad, NotBelow, Range, setting
+
 
 class SlotState(IntEnum):
     """The STATUS mbbi, in the order of its enum strings (docs/pvs.md)."""
@@ -54,17 +56,55 @@ class Cause:
     START_LIMIT = "start-limit"
 
 
+WATCHDOG = Range(1.0, 86400.0, zero="off", unit="s")
+"""A watchdog period in seconds, in the settings file and in a WATCHDOG put alike: a
+shorter one would kill every run before it could beat once."""
+
+
+def watchdog_seconds(seconds: float) -> float:
+    """A watchdog period as the IOC takes it (:data:`WATCHDOG`); a ValueError says why not."""
+    try:
+        return float(WATCHDOG.check(seconds, float))
+    except Bad:
+        raise ValueError(
+            f"watchdog must be 0 (off) or {WATCHDOG.low:g} to {WATCHDOG.high:g} s, not {seconds!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Policy:
-    """Supervision settings of a slot (the ``[supervisor]`` settings table)."""
+    """Supervision settings of a slot: keys of ``[supervisor]`` and ``[slots.BGRSCRPT_NN]``."""
 
-    startsecs: float = 1.0
-    stop_timeout: float = 10.0
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    start_limit_burst: int = 5
-    start_limit_interval: float = 60.0
-    memory_max: float = 0.0  # MB (MiB) of RSS for all of a run's processes; 0 = no limit
+    startsecs: float = setting(
+        1.0, Range(0.0, 3600.0, unit="s"), note="a run must live this long to count as started"
+    )
+    stop_timeout: float = setting(
+        10.0,
+        Range(0.1, 3600.0, zero="SIGKILL at once", unit="s"),
+        note="SIGTERM, then SIGKILL after this",
+    )
+    backoff_initial: float = setting(
+        1.0,
+        Range(0.1, 3600.0, zero="restart at once", unit="s"),
+        note="the first restart delay; it doubles with each failure in a row",
+    )
+    backoff_max: float = setting(
+        60.0,
+        Range(0.1, 86400.0, zero="no delay", unit="s"),
+        relations=(NotBelow("backoff_initial"),),
+        note="the longest restart delay",
+    )
+    start_limit_burst: int = setting(
+        5, Range(1, 1000), note="this many starts within `start_limit_interval` make it FATAL"
+    )
+    start_limit_interval: float = setting(
+        60.0, Range(1.0, 86400.0, zero="no start limit", unit="s"), note="see `start_limit_burst`"
+    )
+    memory_max: float = setting(
+        0.0,
+        Range(1.0, 1048576.0, zero="no limit", unit="MB"),
+        note="MB (MiB) of RSS for the script and everything it started",
+    )
 
 
 # Actions the adapter carries out, in order.

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .setting_keys import Choice, Flag, NotBelow, Range, setting
+
 
 class WatchState(IntEnum):
     """STATE of a watch; the order is the PV's enum order (docs/recovery.md)."""
@@ -61,17 +63,38 @@ CONNECT_GRACE = 5.0
 
 @dataclass(frozen=True)
 class WatchPolicy:
-    """The numbers of one ``[[watch]]`` entry (docs/recovery.md)."""
+    """How one ``[[watch]]`` entry decides: its keys other than what to watch and restart."""
 
-    severity: int = Level.INVALID  # 1..3
-    disconnected: bool = True
-    delay: float = 30.0
-    verify_timeout: float = 60.0
-    max_restarts: int = 3
-    window: float = 3600.0
-    backoff: float = 30.0
-    backoff_max: float = 900.0
-    connect_grace: float = CONNECT_GRACE
+    severity: int = setting(
+        Level.INVALID,
+        Choice({name: int(Level[name]) for name in SEVERITY_NAMES}),
+        note="trigger at or above this severity",
+    )
+    disconnected: bool = setting(True, Flag(), note="a disconnected PV triggers too")
+    delay: float = setting(
+        30.0,
+        Range(0.1, 86400.0, zero="at once", unit="s"),
+        note="how long the condition must hold before a restart",
+    )
+    verify_timeout: float = setting(
+        60.0,
+        Range(1.0, 86400.0, unit="s"),
+        note="recovered = every PV reconnected and below `severity` within this",
+    )
+    max_restarts: int = setting(3, Range(1, 1000), note="restarts within `window`, then LOCKOUT")
+    window: float = setting(3600.0, Range(1.0, 30 * 86400.0, unit="s"), note="see `max_restarts`")
+    backoff: float = setting(
+        30.0,
+        Range(0.1, 86400.0, zero="at once", unit="s"),
+        note="the wait after a failed recovery; it doubles each time",
+    )
+    backoff_max: float = setting(
+        900.0,
+        Range(0.1, 7 * 86400.0, zero="no wait", unit="s"),
+        relations=(NotBelow("backoff"),),
+        note="the longest wait after a failed recovery",
+    )
+    connect_grace: float = CONNECT_GRACE  # not a settings key
 
 
 @dataclass(frozen=True)

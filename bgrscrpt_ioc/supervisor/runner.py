@@ -18,8 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bgrscrpt_ioc.ca.slot_pvs import SlotView
-from bgrscrpt_ioc.core.slot import AutoRestart, Kill, RunEnded, Slot, SlotState, Spawn
-from bgrscrpt_ioc.settings import WATCHDOG_MAX, WATCHDOG_MIN, SlotSettings
+from bgrscrpt_ioc.core.slot import (
+    AutoRestart,
+    Kill,
+    RunEnded,
+    Slot,
+    SlotState,
+    Spawn,
+    watchdog_seconds,
+)
+from bgrscrpt_ioc.settings import SlotSettings
 from bgrscrpt_ioc.state_db import StateDB, wall_now
 from bgrscrpt_ioc.supervisor.accounting import Usage
 from bgrscrpt_ioc.supervisor.env import kit_root, script_environment
@@ -172,7 +180,7 @@ class SlotRunner:
         self._changed()
 
     def set_watchdog(self, seconds: float) -> None:
-        """WATCHDOG put: 0 (off) or WATCHDOG_MIN..WATCHDOG_MAX s; a ValueError rejects it."""
+        """WATCHDOG put: 0 (off) or ``core.slot.WATCHDOG``'s range; a ValueError rejects it."""
         seconds = watchdog_seconds(seconds)
         self.core.set_watchdog(seconds, time.monotonic())
         self._persist("WATCHDOG", repr(float(seconds)))
@@ -413,16 +421,3 @@ class SlotRunner:
         if "PLOT_URL" in fields and self.process is not None:
             self.plot_url = fields["PLOT_URL"]
         self._apply(self.core.notified(fields, time.monotonic()))
-
-
-def watchdog_seconds(seconds: float) -> float:
-    """A watchdog period as the IOC takes it: 0 (off) or WATCHDOG_MIN..WATCHDOG_MAX seconds.
-
-    A shorter period would kill every run before it could beat once."""
-    if seconds == 0:
-        return 0.0
-    if not (math.isfinite(seconds) and WATCHDOG_MIN <= seconds <= WATCHDOG_MAX):
-        raise ValueError(
-            f"watchdog must be 0 (off) or {WATCHDOG_MIN:g} to {WATCHDOG_MAX:g} s, not {seconds!r}"
-        )
-    return float(seconds)
