@@ -14,8 +14,9 @@ from ..ca.watch_pvs import WatchPVSet, build_watch_pvs
 from ..settings import WatchSettings
 from ..state_db import StateDB
 from . import procserv
+from .backend import MODE_JOURNAL, make_backend
 from .monitor import PvMonitor, PvUpdate
-from .runner import MODE_JOURNAL, WatchRunner
+from .runner import WatchRunner
 
 log = logging.getLogger("bgrscrpt_ioc.watch")
 
@@ -38,7 +39,14 @@ class WatchService:
         self.context = Context(timeout=None)
         self.monitor = PvMonitor(self.context, self._dispatch)
         self.runners = [
-            WatchRunner(w, prefix=prefix, db=db, monitor=self.monitor, dry_run=self.dry_run)
+            WatchRunner(
+                w,
+                prefix=prefix,
+                db=db,
+                monitor=self.monitor,
+                dry_run=self.dry_run,
+                backend=make_backend(w, context=self.context, prefix=prefix, db=db),
+            )
             for w in watches
         ]
         self._by_pv: dict[str, list[WatchRunner]] = {}
