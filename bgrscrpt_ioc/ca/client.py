@@ -43,6 +43,13 @@ chooses the circuit manager below. What stock caproto gets wrong:
   request refuses (a record part over 59 characters, a non-string) raises in
   the task that resends searches: no PV of the context connects again. Here
   ``get_pvs`` refuses such a name in the caller (:mod:`.names`).
+* **A refused read or write waits for its timeout.** The server's error reply
+  (ECA_PUTFAIL for a put its record refuses or its access rules forbid) to a
+  read or write that is waited for is ignored: the caller waits out its whole
+  timeout and gets a timeout instead of the server's words. Here the error
+  reply is the answer, at once, as in the threading module: ``read``/``write``
+  return the ``ErrorResponse`` (:func:`refusal` gives its text), a callback is
+  called with it.
 
 :meth:`Context.recreate` gives a PV that has gone silent a fresh start.
 """
@@ -208,9 +215,28 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
         self.served = False  # the server connected a channel on this circuit
 
     async def _process_command(self, command: Any) -> Any:
-        if isinstance(command, ca.CreateChanResponse):
+        if isinstance(command, ca.ErrorResponse):
+            self._answer_with_error(command)
+        elif isinstance(command, ca.CreateChanResponse):
             self.served = True
         return await super()._process_command(command)
+
+    def _answer_with_error(self, error: Any) -> None:
+        """The server refused a read or write that is waited for: its answer is the
+        error reply (as libca calls back with the error status), not a timeout."""
+        request = error.original_request
+        if request.command not in (ca.ReadNotifyRequest.ID, ca.WriteNotifyRequest.ID):
+            return
+        ioid_info = self.ioids.pop(request.parameter2, None)  # the request's ioid
+        if ioid_info is None:
+            return
+        event = ioid_info.get("event")
+        if event is not None:
+            ioid_info["response"] = error
+            event.set()
+        callback = ioid_info.get("callback")
+        if callback is not None:
+            self.user_callback_executor.submit(callback, error)
 
     async def _connect(self, timeout: Any) -> None:
         try:
@@ -335,6 +361,14 @@ class Context(_stock.Context):
             if callback is not None:
                 new.connection_state_callback.add_callback(callback)
         return new
+
+
+def refusal(response: Any) -> str | None:
+    """The server's words when ``response`` (to a read or write) is its refusal, else None."""
+    if not isinstance(response, ca.ErrorResponse):
+        return None
+    text = bytes(response.error_message).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+    return text or str(response.status.description)
 
 
 async def _release_channel(pv: Any) -> None:

@@ -276,6 +276,26 @@ async def test_a_name_no_search_carries_is_refused_and_harms_nothing(link):
         await ctx.disconnect()
 
 
+async def test_a_put_the_server_refuses_is_answered_at_once(link):
+    # caproto's asyncio client ignored the server's error reply to a put: a put
+    # with wait=True waited out its whole timeout and raised a timeout, where
+    # libca calls back at once with the server's error. A watch's restart put
+    # refused by its peer must say why, not "did not answer".
+    server, _relay = link
+    ctx = AsyncContext(timeout=None)
+    try:
+        (pv,) = await ctx.get_pvs(server.prefix + "REFUSE", timeout=None)
+        await pv.wait_for_connection(timeout=10)
+        response = await pv.write([1], wait=True, timeout=20)
+        assert isinstance(response, caproto.ErrorResponse)
+        assert response.status.name == "ECA_PUTFAIL"
+        assert "refused by the device" in (fixed_asyncio.refusal(response) or "")
+        assert (await pv.read(timeout=10)).data[0] == 0
+        assert fixed_asyncio.refusal(await pv.write([0], wait=True, timeout=10)) is not None
+    finally:
+        await ctx.disconnect()
+
+
 def _owner(task: asyncio.Task) -> Any:
     frame = getattr(task.get_coro(), "cr_frame", None)
     return None if frame is None else frame.f_locals.get("self")
