@@ -12,38 +12,20 @@ builds the backend once, when the watch is built; tests hand the runner a fake.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from ..settings import WatchSettings
 from ..state_db import StateDB
 from . import procserv, pv_backend
+from .peer import PeerBackend
+from .protocol import RestartBackend, RestartError
+
+__all__ = ["RestartBackend", "RestartError", "make_backend"]
 
 log = logging.getLogger("bgrscrpt_ioc.watch")
 
 MODE_JOURNAL = "procserv-mode"
 """State database settings slot: procServ endpoint -> the auto-restart mode to put back."""
-
-
-class RestartError(Exception):
-    """A restart that did not happen as it should; the text says why, for MSG."""
-
-
-class RestartBackend(Protocol):
-    """Restarts one IOC at a time for one watch."""
-
-    via: str
-    """How, in words, for the log and a DRYRUN message: "procServ", "procServControl", …"""
-
-    def label(self, ioc: str) -> str:
-        """How MSG names ``ioc`` ("ZFCNTRL_01"; "T1 on IN:NDXEMU:" for a peer)."""
-        ...
-
-    async def restart(self, ioc: str) -> str:
-        """Restart ``ioc``; return what happened, in words, for the log.
-
-        Raises :class:`RestartError` (text for MSG) when it cannot.
-        """
-        ...
 
 
 class DbModeJournal:
@@ -117,4 +99,6 @@ def make_backend(
         return ProcServBackend(settings.procserv, db)
     if settings.via == "pv":
         return PvBackend(context, prefix)
+    if settings.via == "peer":
+        return PeerBackend(context, settings.peer)
     raise ValueError(f"watch {settings.name}: no restart backend for via = {settings.via!r}")
