@@ -84,6 +84,9 @@ log = logging.getLogger("bgrscrpt_ioc.ca.client")
 
 PV = _stock.PV
 
+NO_ANSWER = "no server answers its search"
+"""Why a PV is not connected when no server has answered its search."""
+
 SEARCHES_KEPT = 4096
 """Searches remembered after their answer (to recognise a second server answering)."""
 
@@ -427,7 +430,7 @@ def why_not_connected(pv: Any) -> str:
         return ""
     manager = pv.circuit_manager
     if manager is None:
-        return "no server answers its search"
+        return NO_ANSWER
     loss = getattr(manager, "loss", None)
     if loss:
         return str(loss)

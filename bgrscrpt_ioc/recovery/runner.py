@@ -99,8 +99,13 @@ class WatchRunner:
                 connected=update.connected,
                 severity=update.severity,
                 value_matches=matches,
+                reason=update.reason,
             )
         )
+
+    def on_reason(self, name: str, reason: str) -> None:
+        """Why a watched PV that is not connected is not, from the monitor, in words."""
+        self._apply(self.core.note_reason(self.clock(), name, reason))
 
     def set_enabled(self, enabled: bool) -> None:
         """ENABLE put; a ValueError (WatchRefused) rejects it."""

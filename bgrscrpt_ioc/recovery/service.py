@@ -37,7 +37,7 @@ class WatchService:
             log.warning("%d restart(s) were cut short when the IOC last stopped", closed)
         self._dry_run = db.setting("watch", "dryrun") == "1"
         self.context = Context(timeout=None)
-        self.monitor = PvMonitor(self.context, self._dispatch)
+        self.monitor = PvMonitor(self.context, self._dispatch, on_reason=self._dispatch_reason)
         self.runners = [
             WatchRunner(
                 w,
@@ -78,6 +78,13 @@ class WatchService:
                 runner.on_update(update)
             except Exception:  # one watch's bug must not silence the others
                 log.exception("watch %s: handling %s failed", runner.name, update.name)
+
+    def _dispatch_reason(self, name: str, reason: str) -> None:
+        for runner in self._by_pv.get(name, ()):
+            try:
+                runner.on_reason(name, reason)
+            except Exception:  # one watch's bug must not silence the others
+                log.exception("watch %s: handling %s failed", runner.name, name)
 
     async def start(self) -> None:
         """Subscribe to every watched PV and start the runners."""

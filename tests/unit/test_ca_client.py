@@ -372,6 +372,62 @@ async def test_a_watched_pv_silent_longer_than_the_connection_timeout_is_recreat
     await ctx.disconnect()
 
 
+class Reasons:
+    """What a monitor said about a PV that is not connected: its updates and reasons."""
+
+    def __init__(self) -> None:
+        self.updates: list[PvUpdate] = []
+        self.reasons: list[str] = []
+
+    def on_reason(self, name: str, reason: str) -> None:
+        self.reasons.append(reason)
+
+    async def wait(self, condition: Callable[[], Any], what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"no {what}: {vars(self)}"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_watched_pv_that_disconnects_says_why(link):
+    # caproto keeps no reason for a lost circuit: a watch could only say
+    # "disconnected". The monitor's update carries it, and later news too.
+    server, relay = link
+    said = Reasons()
+    ctx = fixed_asyncio.Context(timeout=None)
+    monitor = PvMonitor(ctx, said.updates.append, on_reason=said.on_reason)
+    try:
+        await monitor.add([server.name])
+        await said.wait(lambda: said.updates and said.updates[-1].connected, "connection")
+        relay.cut()  # not a byte either way: after the echo, "unresponsive"
+        await said.wait(lambda: not said.updates[-1].connected, "disconnection")
+        unresponsive = f"unresponsive server at 127.0.0.1:{relay.port}"
+        assert said.updates[-1].reason.startswith(unresponsive), said.updates[-1]
+        # Re-created, and searched for in vain: the first cause is kept.
+        await said.wait(lambda: said.reasons, "a later reason")
+        assert said.reasons[-1].startswith(unresponsive), said.reasons
+        assert said.reasons[-1].endswith("; no server answers its search since"), said.reasons
+    finally:
+        await monitor.close()
+        await ctx.disconnect()
+
+
+async def test_a_watched_pv_whose_server_refuses_the_circuit_says_so(link):
+    server, relay = link
+    relay.circuits("refuse")  # searches are answered, connections refused
+    said = Reasons()
+    ctx = fixed_asyncio.Context(timeout=None)
+    monitor = PvMonitor(ctx, said.updates.append, on_reason=said.on_reason)
+    try:
+        await monitor.add([server.name])
+        refused = f"cannot connect to 127.0.0.1:{relay.port}: connection refused"
+        await said.wait(lambda: refused in said.reasons, "the refusal")
+        assert not said.updates  # never connected: no update, only the reason
+    finally:
+        await monitor.close()
+        await ctx.disconnect()
+
+
 # ---- the threading client --------------------------------------------------------------
 
 
