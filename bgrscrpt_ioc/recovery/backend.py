@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..ca.watch_pvs import WATCH_GROUP
 from ..settings import WatchSettings
 from ..state_db import StateDB
 from . import procserv, pv_backend
@@ -100,5 +101,6 @@ def make_backend(
     if settings.via == "pv":
         return PvBackend(context, prefix)
     if settings.via == "peer":
-        return PeerBackend(context, settings.peer)
+        own = f"{prefix}{WATCH_GROUP}:{settings.name}:"
+        return PeerBackend(context, settings.peer, own=own)
     raise ValueError(f"watch {settings.name}: no restart backend for via = {settings.via!r}")

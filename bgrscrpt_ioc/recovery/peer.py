@@ -32,6 +32,7 @@ from .protocol import RestartError
 CONNECT_TIMEOUT = 5.0  # the remote watch's PVs connect and send their first values
 PUT_TIMEOUT = 5.0  # the remote IOC answers the RESTART put
 FOLLOW_TIMEOUT = 90.0  # the remote restart is reported done or failed
+SETTLE = 0.2  # after RESTART_CNT went up: no news for this long, and its STATE and MSG are final
 DONE = ("VERIFYING", "OK")
 _NEXT_ATTEMPT = re.compile(r"; next attempt in [0-9.e+]+ s$")
 
@@ -97,13 +98,16 @@ class PeerBackend:
         context: Any,
         peers: dict[str, str],
         *,
+        own: str = "",
         connect_timeout: float = CONNECT_TIMEOUT,
         follow_timeout: float = FOLLOW_TIMEOUT,
     ):
         """``context``: the watches' asyncio CA client; ``peers``: IOC name -> the
-        remote watch's PV prefix (``<P>BGRSCRPT:WATCH:<name>:``)."""
+        remote watch's PV prefix (``<P>BGRSCRPT:WATCH:<name>:``); ``own``: this
+        watch's own PV prefix (asking itself would wait on itself)."""
         self.context = context
         self.peers = dict(peers)
+        self.own = own
         self.connect_timeout = connect_timeout
         self.follow_timeout = follow_timeout
 
@@ -112,6 +116,8 @@ class PeerBackend:
 
     async def restart(self, ioc: str) -> str:
         prefix = self.peers[ioc]
+        if prefix == self.own:
+            raise RestartError(f"peer {prefix} is this watch itself: name another IOC's watch")
         remote = _Remote()
         try:
             restart_pv, *watched, dryrun_pv = await self.context.get_pvs(
@@ -192,6 +198,9 @@ class PeerBackend:
                     f"({remote.lost}); whether it did is not known"
                 )
             if (remote.count or 0) > before and remote.state != "RESTARTING":
+                # Judged once the news has settled: STATE and MSG may follow the count.
+                if await remote.wait(min(until, time.monotonic() + SETTLE)):
+                    continue
                 msg = _NEXT_ATTEMPT.sub("", remote.msg or "")
                 if remote.state in DONE and _says_restarted(msg):
                     return f"{ioc} restarted by peer {prefix} ({msg})"
