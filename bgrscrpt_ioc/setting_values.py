@@ -171,6 +171,33 @@ def _procserv(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+# A remote watch's PV prefix, <P>BGRSCRPT:WATCH:<name>: (via = "peer")
+_PEER_PREFIX = re.compile(r"[!#-&(-~]*BGRSCRPT:WATCH:[A-Za-z0-9_-]{1,40}:")
+
+
+def _peer(value: Any) -> dict[str, str]:
+    """``peer = { IOC = "<P>BGRSCRPT:WATCH:<name>:" }``: the remote watch that restarts IOC."""
+    if not isinstance(value, dict):
+        raise Bad('must be a table of IOC = "<its IOC\'s prefix>BGRSCRPT:WATCH:<watch name>:"')
+    seen: dict[str, str] = {}
+    for ioc, prefix in value.items():
+        if not isinstance(prefix, str) or not _PEER_PREFIX.fullmatch(prefix):
+            raise Bad(
+                f"{ioc}: {prefix!r} is not a remote watch's PV prefix "
+                "(<its IOC's prefix>BGRSCRPT:WATCH:<watch name>:)"
+            )
+        problem = name_problem(f"{prefix}RESTART_CNT")
+        if problem is not None:
+            raise Bad(f"{ioc}: {prefix!r}: {problem}")
+        if prefix in seen:
+            raise Bad(
+                f"{seen[prefix]} and {ioc} name the same remote watch (it restarts all "
+                "of its IOCs): list one of them"
+            )
+        seen[prefix] = ioc
+    return dict(value)
+
+
 # ---- as the settings declare them --------------------------------------------------------
 
 SCRIPT = Checked(
@@ -197,6 +224,11 @@ TRIGGER_VALUES = Checked(
     _values, f"all strings (at most {DBR_STRING_MAX} characters) or all finite numbers"
 )
 PROCSERV = Checked(_procserv, '`IOC = "host:port"` or `IOC = "unix:/absolute/path"`')
+PEER = Checked(
+    _peer,
+    '`IOC = "<P>BGRSCRPT:WATCH:<name>:"`, the PV prefix of another IOC\'s watch; '
+    "no two IOCs naming the same one",
+)
 
 
 # ---- relations of a watch's keys ------------------------------------------------------

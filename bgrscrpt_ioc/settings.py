@@ -44,6 +44,7 @@ from bgrscrpt_ioc.setting_values import (
     HOSTS,
     IOC_NAMES,
     MACROS,
+    PEER,
     PROCSERV,
     PV_NAMES,
     SCRIPT,
@@ -125,8 +126,9 @@ class WatchSettings:
     # A new way to restart: a label here, and a per-IOC table like procserv's below.
     via: str = setting(
         "procserv",
-        Choice({"procserv": "procserv", "pv": "pv"}, in_words=True),
-        note='how to restart: procServ\'s control port, or "pv": `caput $(P)CS:PS:<IOC>:RESTART 1`',
+        Choice({"procserv": "procserv", "pv": "pv", "peer": "peer"}, in_words=True),
+        note='how to restart: procServ\'s control port; "pv": `caput $(P)CS:PS:<IOC>:RESTART 1`; '
+        '"peer": through the watch of the bgrscrpt_ioc on the IOC\'s host (`peer`)',
     )
     procserv: dict[str, str] = field(
         default_factory=dict,
@@ -135,6 +137,15 @@ class WatchSettings:
             {},
             relations=(InRestart(), NeededVia("procserv", "procServ endpoint")),
             note="where each IOC's procServ control port listens",
+        ),
+    )
+    peer: dict[str, str] = field(
+        default_factory=dict,
+        metadata=declared(
+            PEER,
+            {},
+            relations=(InRestart(), NeededVia("peer", "remote watch")),
+            note="for each IOC, the watch on another bgrscrpt_ioc that restarts it",
         ),
     )
 
