@@ -20,7 +20,7 @@ from caproto.server import pvproperty
 from ..core.slot import AUTORESTART_LABELS, SlotState
 from . import properties as props
 from .channels import CheckedDouble, CheckedEnum, PutRejected
-from .view_group import ViewGroup, char_waveform_text
+from .view_group import RateLimit, ViewGroup, char_waveform_text
 
 __all__ = ["SlotController", "SlotPVs", "SlotView", "char_waveform_text"]
 
@@ -34,6 +34,10 @@ STATUS_SEVERITY = {
 
 WATCHDOG_MAX = 86400.0
 """Longest watchdog period a put may set, in seconds (one day)."""
+
+LOG_INTERVAL = 0.25
+"""LOG is the one PV that can change on every publication (a script printing non-stop);
+at 4 Hz it stays live for people and cheap for 50 subscribers."""
 
 TEXT_LIMITS = {"script": 1024, "msg": 1024, "log": 5120, "plot_url": 256}
 """Bytes each char waveform holds (its NELM)."""
@@ -126,6 +130,9 @@ class SlotPVs(ViewGroup):
 
     state_severities = {"status": STATUS_SEVERITY}
     last = ("msg", "status")  # MSG after the LOG it quotes, STATUS after everything
+    # LOG at most every LOG_INTERVAL, but always with a new state, PID or MSG: a
+    # traceback's last line and the MSG that quotes it come together.
+    rate_limits = (RateLimit("log", LOG_INTERVAL, unless=("status", "pid", "msg")),)
 
     def __init__(self, prefix: str, controller: SlotController, view: SlotView):
         self.controller = controller

@@ -10,7 +10,7 @@ from whichever runner, goes through here (called by :mod:`.publisher`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 from caproto import AlarmSeverity, AlarmStatus, SubscriptionType
@@ -20,6 +20,18 @@ from .channels import describe_record, preset_alarm, preset_value
 from .epics_reads import BasePVGroup
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """Show the view field ``field`` at most every ``interval`` s, except when one of
+    the fields ``unless`` changes with it. ``initial``: what the PV shows at first.
+    Declared by a group (``ViewGroup.rate_limits``), enforced by the publisher."""
+
+    field: str
+    interval: float
+    unless: tuple[str, ...]
+    initial: Any = ""
+
+
 class ViewGroup(BasePVGroup):
     """PVs showing one view. A subclass names its view's fields' PVs and sets:
 
@@ -27,12 +39,14 @@ class ViewGroup(BasePVGroup):
       alarm follows their state (STATUS, STATE);
     - ``last``: fields written after every other, in this order (the PV clients
       react to goes last, so that the rest already tells the same story);
+    - ``rate_limits``: fields the publisher shows less often than they change;
     - ``_encode_field``: a field's value as its PV takes it (a ValueError for a
       value that cannot be shown, before anything is written).
     """
 
     state_severities: ClassVar[Mapping[str, Mapping[Any, AlarmSeverity]]] = {}
     last: ClassVar[tuple[str, ...]] = ()
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
 
     def __init__(self, prefix: str, view: Any):
         super().__init__(prefix)
