@@ -41,7 +41,9 @@ class FakeOutput:
 class FakeRun:
     """One run the test drives."""
 
-    def __init__(self, pid: int, on_output: Callable[[bytes], None], on_exit: Callable[[int], None]):
+    def __init__(
+        self, pid: int, on_output: Callable[[bytes], None], on_exit: Callable[[int], None]
+    ):
         self.pid = pid
         self.signals: list[int] = []
         self.closed = False
@@ -63,7 +65,7 @@ class FakeRun:
 
 class FakeLauncher:
     """The spawn adapter, without processes. ``problem`` fails the check; ``refuse``
-    makes spawn raise OSError; ``hold`` keeps each check open until ``release``."""
+    (an OSError) makes spawn raise it; ``missing`` is what ``missing()`` answers."""
 
     def __init__(self, *, missing: str = "") -> None:
         self.output = FakeOutput()
@@ -80,7 +82,9 @@ class FakeLauncher:
         """The latest run."""
         return self.runs[-1]
 
-    def open(self, loop: asyncio.AbstractEventLoop, on_notify: Callable[[dict[str, str]], None]) -> None:
+    def open(
+        self, loop: asyncio.AbstractEventLoop, on_notify: Callable[[dict[str, str]], None]
+    ) -> None:
         self.opened = True
         self.on_notify = on_notify
 
@@ -93,7 +97,9 @@ class FakeLauncher:
     async def check(self) -> str:
         return self.problem
 
-    async def spawn(self, on_output: Callable[[bytes], None], on_exit: Callable[[int], None]) -> FakeRun:
+    async def spawn(
+        self, on_output: Callable[[bytes], None], on_exit: Callable[[int], None]
+    ) -> FakeRun:
         if self.refuse is not None:
             raise self.refuse
         run = FakeRun(next(self._pids), on_output, on_exit)
