@@ -59,7 +59,8 @@ class Output(Protocol):
 class Launcher(Protocol):
     """The slot runner's spawn adapter (process, output capture, notify listener)."""
 
-    output: Output
+    @property
+    def output(self) -> Output: ...
 
     def open(self, loop: asyncio.AbstractEventLoop, on_notify: OnNotify) -> None:
         """Start listening for the scripts' notices (``on_notify(fields)``)."""
