@@ -96,8 +96,11 @@ def _check_interfaces(interfaces: list[str]) -> None:
             raise UsageError(f"--interfaces: {addr!r} is not an IPv4 address") from None
 
 
-def _ca_environment(interfaces: list[str]) -> None:
-    """Port and beacon settings, before caproto reads the environment."""
+def _ca_environment(interfaces: list[str]) -> int:
+    """Port and beacon settings, before caproto reads the environment; the CA port.
+
+    The one place the port is settled: caproto's server reads it from the
+    environment, the IOC from the options."""
     env = os.environ
     # An EPICS base IOC takes EPICS_CAS_SERVER_PORT first; caproto ignores it.
     name = "EPICS_CAS_SERVER_PORT" if env.get("EPICS_CAS_SERVER_PORT") else "EPICS_CA_SERVER_PORT"
@@ -110,6 +113,7 @@ def _ca_environment(interfaces: list[str]) -> None:
     from bgrscrpt_ioc.ca.discovery import beacon_environment  # caproto: not for --help
 
     env.update(beacon_environment(interfaces, env))
+    return int(port)
 
 
 def _settings_path(args: argparse.Namespace) -> Path | None:
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config_dir = config_dir
         settings = load_settings(_settings_path(args), config_dir=config_dir, slot_count=args.slots)
         _check_interfaces(args.interfaces)
-        _ca_environment(args.interfaces)
+        ca_port = _ca_environment(args.interfaces)
         var_dir = args.var_dir.absolute()
         try:
             check_var_dir(var_dir)  # before logging starts: one line, exit 2
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         var_dir=var_dir,
         settings=settings,
         interfaces=args.interfaces,
+        ca_port=ca_port,
         procserv_control=args.procserv_control,
     )
     try:

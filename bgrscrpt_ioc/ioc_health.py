@@ -1,4 +1,8 @@
-"""The IOC's own health: how late its event loop runs, and what is wrong with it, in words.
+"""The IOC's own health: its heartbeat, how late its event loop runs, and what is wrong
+with it, in words.
+
+:class:`IocStatus` is what ``BGRSCRPT:`` shows (a source of the publisher): it
+beats once a second, on absolute monotonic seconds, and beats the slots with it.
 
 :class:`LoopLag` wakes ten times a second and notes how late each wake-up came:
 a loop held by anything (a slow call, a blocked disk, a starved machine) shows
@@ -12,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from caproto import AlarmSeverity
 
+from .ca.ioc_pvs import IocView
 from .state_disk import DiskStatus
 
 SAMPLE_INTERVAL = 0.1
@@ -42,6 +48,54 @@ class LoopLag:
         """The worst lateness (ms) since the last call."""
         worst, self._worst = self._worst, 0.0
         return max(worst, 0.0) * 1000.0
+
+
+class IocStatus:
+    """The IOC-wide PVs' state: HEARTBEAT, UPTIME, LOOP_LAG and MSG.
+
+    ``on_change`` is the publisher's notice; ``on_beat(now)`` runs at each beat
+    (the slots' HEARTBEATs count in step with the IOC's).
+    """
+
+    def __init__(
+        self,
+        started: float,
+        on_change: Callable[[], None],
+        on_beat: Callable[[float], None] = lambda now: None,
+    ):
+        self.started = started
+        self.heartbeat = 0
+        self.lag = LoopLag()
+        self._lag_ms = 0.0
+        self._msg: tuple[str, AlarmSeverity] = ("", AlarmSeverity.NO_ALARM)
+        self._on_change = on_change
+        self._on_beat = on_beat
+
+    def set_msg(self, text: str, severity: AlarmSeverity) -> None:
+        """The IOC-wide MSG and its severity (shown at the next publication)."""
+        self._msg = (text, severity)
+        self._on_change()
+
+    def view(self, now: float) -> IocView:
+        return IocView(self.heartbeat, int(now - self.started), self._lag_ms, *self._msg)
+
+    async def tick(self) -> None:
+        """1 Hz: the IOC's HEARTBEAT, each healthy slot's HEARTBEAT, UPTIMEs.
+
+        Scheduled against absolute monotonic seconds so beats do not drift.
+        """
+        next_beat = self.started + 1.0
+        while True:
+            await asyncio.sleep(max(next_beat - time.monotonic(), 0.0))
+            now = time.monotonic()
+            self.lag.note(now - next_beat)
+            self._lag_ms = self.lag.take()
+            self.heartbeat += 1
+            self._on_beat(now)
+            next_beat += 1.0
+            if next_beat < now:  # the loop was blocked: resynchronise, do not burst
+                next_beat = now + 1.0
+            self._on_change()
 
 
 def health_message(status: DiskStatus, start_warning: str = "") -> tuple[str, AlarmSeverity]:

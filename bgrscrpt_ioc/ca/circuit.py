@@ -35,6 +35,7 @@ from caproto import apply_arr_filter
 from caproto._utils import apply_deadband_filter
 from caproto.asyncio import server as _asyncio_server
 
+from bgrscrpt_ioc.aio import cancel_and_wait
 from bgrscrpt_ioc.core.ca_frames import FrameGuard
 
 from .limits import SLOW_CLIENT_MAX_BYTES_VAR, SLOW_CLIENT_TMO_VAR
@@ -44,8 +45,7 @@ from .sender import CoalescingSender
 if TYPE_CHECKING:
     from .server import FlowContext
 
-_CANCEL_ATTEMPTS = 50
-_CANCEL_WAIT = 0.1  # seconds between attempts
+_CANCEL_TIMEOUT = 5.0  # s: how long a circuit's end waits for its subscription task
 _HOST_ENDIAN = ">" if sys.byteorder == "big" else "<"
 
 
@@ -147,12 +147,7 @@ class FlowCircuit(RequestHandling, _asyncio_server.VirtualCircuit):
             self.subscriptions.clear()
         task = self._sub_task
         if task is not None and task is not asyncio.current_task():
-            for _ in range(_CANCEL_ATTEMPTS):
-                if task.done():
-                    break
-                task.cancel()
-                # asyncio.wait neither raises the task's exception nor hides our own cancellation.
-                await asyncio.wait({task}, timeout=_CANCEL_WAIT)
+            await cancel_and_wait([task], _CANCEL_TIMEOUT, what="a circuit's subscriptions")
             self._sub_task = None
 
     # ---- monitor updates ----------------------------------------------------------

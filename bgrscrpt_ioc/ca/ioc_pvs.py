@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from caproto import AlarmSeverity, AlarmStatus, ChannelType, SubscriptionType
 from caproto.server import pvproperty
 
@@ -15,6 +17,17 @@ MSG_LIMIT = 1024
 LOOP_LAG_HIGH = 200.0
 LOOP_LAG_HIHI = 1000.0
 """Default alarm limits of ``BGRSCRPT:LOOP_LAG`` (ms): MINOR at HIGH, MAJOR at HIHI."""
+
+
+@dataclass
+class IocView:
+    """What the IOC-wide PVs show (VERSION is fixed)."""
+
+    heartbeat: int = 0
+    uptime: int = 0  # s
+    loop_lag: float = 0.0  # ms
+    msg: str = ""
+    msg_severity: AlarmSeverity = AlarmSeverity.NO_ALARM
 
 
 class IocPVs(BasePVGroup):
@@ -73,6 +86,12 @@ class IocPVs(BasePVGroup):
         self.loop_lag._data.update(upper_warning_limit=lag_high, upper_alarm_limit=lag_hihi)
         for channel in self.attr_pvdb.values():
             describe_record(channel)
+
+    async def show(self, view: IocView) -> None:
+        """Show ``view``: what the publisher calls. Writes only what changed."""
+        await self.publish(view.heartbeat, view.uptime)
+        await self.publish_lag(view.loop_lag)
+        await self.publish_msg(view.msg, view.msg_severity)
 
     async def publish(self, heartbeat: int, uptime: int) -> None:
         """Show the IOC's heartbeat count and uptime in seconds; writes only what changed."""

@@ -36,7 +36,8 @@ from caproto.server.records import BoFields, register_record
 from ..core.slot import SlotState
 from . import properties as props
 from .channels import CheckedEnum, describe_record, preset_alarm, preset_value
-from .slot_pvs import SlotController, SlotView, char_waveform_text
+from .slot_pvs import SlotController, SlotView
+from .view_group import char_waveform_text
 
 PROCSERV_GROUP = "CS:PS:"
 """A slot's procServControl PVs live under ``f"{prefix}{PROCSERV_GROUP}{slot}:"``."""

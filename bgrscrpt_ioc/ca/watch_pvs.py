@@ -1,24 +1,24 @@
 """The PVs of alarm recovery, ``$(P)BGRSCRPT:WATCH:`` (docs/recovery.md).
 
 A translation layer only: puts become calls on a :class:`WatchController` (or
-the :class:`DryRunController`), and :meth:`WatchPVs.publish` shows a
-:class:`WatchView`. Every decision belongs to the watch runner.
+the :class:`DryRunController`), and ``publish`` (:class:`.view_group.ViewGroup`)
+shows a :class:`WatchView`. Every decision belongs to the watch runner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from caproto import AlarmSeverity, ChannelType, SkipWrite, SubscriptionType
+from caproto import AlarmSeverity, ChannelType, SkipWrite
 from caproto.server import pvproperty
 
 from ..core.watch import ALARM_LABELS, NAMES_LIMIT, WatchState
 from . import properties as props
-from .channels import describe_record, preset_alarm, preset_value
+from .channels import describe_record, preset_value
 from .epics_reads import BasePVGroup
 from .properties import OFF_ON
-from .slot_pvs import char_waveform_text
+from .view_group import ViewGroup, char_waveform_text
 
 WATCH_GROUP = "BGRSCRPT:WATCH"
 """Watch PVs live under ``f"{prefix}{WATCH_GROUP}:<name>:"``; DRYRUN, NAMES under ``…:WATCH:``."""
@@ -66,7 +66,7 @@ class DryRunController(Protocol):
     def set_dry_run(self, dry_run: bool) -> None: ...
 
 
-class WatchPVs(BasePVGroup):
+class WatchPVs(ViewGroup):
     """PVs of one watch. Each PV has its own alarm_group (caproto shares one otherwise)."""
 
     state = props.state("STATE", STATE_LABELS, "State of the watch")
@@ -85,30 +85,18 @@ class WatchPVs(BasePVGroup):
     )
     msg = props.text("MSG", "Last event in words", MSG_LIMIT)
 
+    state_severities = {"state": STATE_SEVERITY, "alarm": ALARM_SEVERITY}
+    last = ("state",)
+
     def __init__(self, prefix: str, controller: WatchController, view: WatchView):
         """``prefix`` is the whole record prefix, e.g. ``f"{P}BGRSCRPT:WATCH:ZF:"``."""
         self.controller = controller
-        super().__init__(prefix)
-        self._channels = {
-            f.name: self.pvdb[f"{self.prefix}{f.name.upper()}"] for f in fields(WatchView)
-        }
-        for channel in self.pvdb.values():
-            if channel is self._channels["state"]:
-                describe_record(channel, {int(k): v for k, v in STATE_SEVERITY.items()})
-            elif channel is self._channels["alarm"]:
-                describe_record(channel, ALARM_SEVERITY)
-            else:
-                describe_record(channel)
-        for name, value in self._encode(view).items():
-            preset_value(self._channels[name], value)
-        preset_alarm(self._channels["state"], *props.state_alarm(STATE_SEVERITY, view.state))
-        preset_alarm(self._channels["alarm"], *props.state_alarm(ALARM_SEVERITY, view.alarm))
-        self._shown = replace(view)
+        super().__init__(prefix, view)
 
     @enable.putter
     async def enable(self, instance: Any, value: str) -> str:
         self.controller.set_enabled(value == "On")  # a ValueError rejects the put
-        self._shown.enable = value == "On"
+        self.shown_put("enable", value == "On")
         return value
 
     @restart.putter
@@ -117,45 +105,19 @@ class WatchPVs(BasePVGroup):
             self.controller.restart_now()
         raise SkipWrite()  # a command: reads back Off, no monitor update
 
-    async def publish(self, view: WatchView) -> None:
-        """Show ``view``: write only what differs from what is shown; STATE last."""
-        changed = [
-            f.name
-            for f in fields(WatchView)
-            if getattr(view, f.name) != getattr(self._shown, f.name)
-        ]
-        changed.sort(key=lambda name: name == "state")
-        encoded = self._encode(view)
-        for name in changed:
-            channel = self._channels[name]
-            severities: dict[Any, AlarmSeverity] | None = {
-                "state": STATE_SEVERITY,
-                "alarm": ALARM_SEVERITY,
-            }.get(name)
-            if severities is not None:
-                status, severity = props.state_alarm(severities, getattr(view, name))
-                if (status, severity) != (channel.alarm.status, channel.alarm.severity):
-                    await channel.write(
-                        encoded[name],
-                        verify_value=False,
-                        flags=SubscriptionType.DBE_ALARM,
-                        status=status,
-                        severity=severity,
-                    )
-                    continue
-            await channel.write(encoded[name], verify_value=False)
-        self._shown = replace(view)
-
-    @staticmethod
-    def _encode(view: WatchView) -> dict[str, Any]:
-        return {
-            "state": STATE_LABELS[view.state],
-            "alarm": ALARM_LABELS[view.alarm],
-            "enable": OFF_ON[bool(view.enable)],
-            "restart_cnt": int(view.restart_cnt),
-            "last_restart": view.last_restart[:39],
-            "msg": char_waveform_text(view.msg, MSG_LIMIT),
-        }
+    def _encode_field(self, name: str, value: Any) -> Any:
+        """The PV value of the WatchView field ``name``."""
+        if name == "state":
+            return STATE_LABELS[value]
+        if name == "alarm":
+            return ALARM_LABELS[value]
+        if name == "enable":
+            return OFF_ON[bool(value)]
+        if name == "restart_cnt":
+            return int(value)
+        if name == "last_restart":
+            return value[:39]
+        return char_waveform_text(value, MSG_LIMIT)
 
 
 def names_text(names: list[str] | tuple[str, ...]) -> str:

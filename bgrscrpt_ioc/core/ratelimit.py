@@ -1,12 +1,18 @@
-"""At most one report per key per interval: what keeps a bad client from flooding the log.
+"""Rate limits. :class:`OncePerInterval`: at most one report per key per interval, what
+keeps a bad client from flooding the log. :class:`HoldBack`: a value that may change
+on every look (a slot's LOG), shown at most once per interval.
 
-Pure: the caller passes the time (``time.monotonic()``) and decides what to report.
+Pure: the caller passes the time (``time.monotonic()``) and decides what to show.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,3 +62,32 @@ class OncePerInterval:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+
+_NO_EVENT = object()
+
+
+class HoldBack(Generic[T]):
+    """A value shown at most once per ``interval`` seconds, except along with an event.
+
+    ``show(value, event, now)`` answers the value to show now and whether a newer
+    one is held back (the caller looks again later). The event (for a slot: its
+    state, PID and MSG) lets a new value through at once when it differs from the
+    last look's: a traceback's last line must come with the MSG that quotes it.
+    ``shown`` is what is shown to begin with.
+    """
+
+    def __init__(self, interval: float, shown: T) -> None:
+        self.interval = interval
+        self._shown = shown
+        self._when = -math.inf
+        self._event: Hashable = _NO_EVENT
+
+    def show(self, value: T, event: Hashable, now: float) -> tuple[T, bool]:
+        previous, self._event = self._event, event
+        if value == self._shown:
+            return value, False
+        if now - self._when < self.interval and previous == event:
+            return self._shown, True
+        self._shown, self._when = value, now
+        return value, False

@@ -9,13 +9,13 @@ watch on its PVs. It has no policy of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
 
-from ..ca.watch_pvs import WatchPVs, WatchView
+from ..aio import DeadlineTimer, cancel_and_wait
+from ..ca.watch_pvs import WatchView
 from ..core.watch import Action, Outcome, Restart, WatchCore, WatchState
 from ..settings import WatchSettings
 from ..state_db import StateDB, wall_now
@@ -26,8 +26,6 @@ log = logging.getLogger("bgrscrpt_ioc.watch")
 
 KICK_INTERVAL = 0.05  # while verifying with PVs not found yet: search again this often
 SEARCH_AHEAD = 1.0  # before a restart can fall due: search afresh for PVs shown disconnected
-STALE_DEADLINE_RETRY = 0.5
-"""A deadline a tick has already passed is a core bug: look again this much later, not at once."""
 CLOSE_TIMEOUT = 5.0
 
 
@@ -56,7 +54,7 @@ class WatchRunner:
         self.dry_run = dry_run
         self.backend = backend
         self.clock = clock
-        self.group: WatchPVs | None = None
+        self.on_change: Callable[[], None] = lambda: None  # the publisher's notice
         now, wall = clock(), time.time()
         history = db.watch_history(self.name)
         enabled = db.setting(f"watch:{self.name}", "enable") != "0"
@@ -78,11 +76,12 @@ class WatchRunner:
                 f"watching; {history.restart_count} restart(s) so far, last at {self.last_restart}"
             )
         self._restart_id = 0
-        self._task: asyncio.Task[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._timer = DeadlineTimer(
+            f"watch {self.name}", self._tick, state=lambda: self.core.state.name, logger=log
+        )
+        self._started = self._closed = False
         self._ahead: asyncio.TimerHandle | None = None  # the next search ahead of a restart
-        self._stale_logged = False
         self._values = set(settings.values)
 
     # ---- what the PVs and operators do -------------------------------------------
@@ -120,7 +119,8 @@ class WatchRunner:
         log.info("watch %s: restart by hand", self.name)
         self._apply(actions)
 
-    def view(self) -> WatchView:
+    def view(self, now: float | None = None) -> WatchView:
+        """What the watch's PVs show (``now`` is unused: a watch shows no durations)."""
         return WatchView(
             state=int(self.core.state),
             alarm=int(self.core.alarm),
@@ -132,60 +132,46 @@ class WatchRunner:
 
     # ---- life ------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        """Started, not closed, and no tick has raised (which would have stopped it)."""
+        return self._started and not self._closed and self._timer.failed is None
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"watch {self.name}")
+        self._started = True
+        self._schedule()
 
     async def close(self) -> None:
         """Stop the watch; a restart under way is cut short (recorded as interrupted)."""
+        self._closed = True
+        self._timer.cancel()
         if self._ahead is not None:
             self._ahead.cancel()
-        tasks = [t for t in (self._restart_task, self._task) if t is not None]
-        deadline = time.monotonic() + CLOSE_TIMEOUT
-        pending = [t for t in tasks if not t.done()]
-        while pending and time.monotonic() < deadline:
-            for task in pending:
-                task.cancel()  # again if a cancellation was lost
-            await asyncio.wait(pending, timeout=0.1)
-            pending = [t for t in pending if not t.done()]
-        for task in tasks:
-            if task.done() and not task.cancelled():
-                task.exception()  # retrieved: how it ended is no news at shutdown
-        if pending:
-            log.warning("watch %s: %d task(s) did not stop", self.name, len(pending))
-
-    async def _run(self) -> None:
-        """Ticks the core when a deadline is due and publishes what changed."""
-        last_tick = -math.inf
-        while True:
-            now = time.monotonic()
-            deadline = self.core.next_deadline()
-            if deadline <= last_tick:
-                # The core promises a tick moves every due deadline on; if one broke
-                # that promise, waiting for it would spin here with the loop held.
-                self._stale_deadline(deadline, last_tick)
-                deadline = now + STALE_DEADLINE_RETRY
-            wait = deadline - now
-            kicking = self.core.state is WatchState.VERIFYING and any(
-                not pv.connected for pv in self.core.pvs.values()
+        if self._restart_task is not None:
+            await cancel_and_wait(
+                [self._restart_task], CLOSE_TIMEOUT, what=f"watch {self.name}", logger=log
             )
-            if kicking:
-                self.monitor.kick_searches()
-                wait = min(wait, KICK_INTERVAL)
-            self._search_ahead(wait)
-            if wait > 0:
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
-                # cancellation, and this loop would outlive the IOC's shutdown.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(None if math.isinf(wait) else wait):
-                        await self._wake.wait()
-            self._wake.clear()
-            last_tick = time.monotonic()
-            self._apply(self.core.tick(last_tick), wake=False)
-            if self.group is not None:
-                try:
-                    await self.group.publish(self.view())
-                except Exception:  # publishing must never stop the watch
-                    log.exception("watch %s: publishing failed", self.name)
+
+    def _tick(self, now: float) -> None:
+        """The deadline is due, or something happened: tick the core, look again later."""
+        self._apply(self.core.tick(now), wake=False)
+        self._schedule()
+        self.on_change()
+
+    def _schedule(self) -> None:
+        """Arm the timer for the core's next deadline, searching again meanwhile as asked."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        wait = self._timer.guard(self.core.next_deadline()) - now
+        kicking = self.core.state is WatchState.VERIFYING and any(
+            not pv.connected for pv in self.core.pvs.values()
+        )
+        if kicking:
+            self.monitor.kick_searches()
+            wait = min(wait, KICK_INTERVAL)
+        self._search_ahead(wait)
+        self._timer.arm(now + wait)
 
     def _search_ahead(self, wait: float) -> None:
         """A restart may fall due in ``wait`` s: search afresh for the PVs shown
@@ -207,27 +193,14 @@ class WatchRunner:
             max(0.0, wait - SEARCH_AHEAD), self.monitor.kick_searches
         )
 
-    def _stale_deadline(self, deadline: float, ticked: float) -> None:
-        if not self._stale_logged:
-            self._stale_logged = True
-            log.error(
-                "watch %s: a tick at %.3f left the deadline %.3f due (state %s); "
-                "re-checking every %g s (a bug: please report)",
-                self.name,
-                ticked,
-                deadline,
-                self.core.state.name,
-                STALE_DEADLINE_RETRY,
-            )
-
     def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
         for action in actions:
             if isinstance(action, Restart):
                 self._restart_task = asyncio.create_task(self._restart(action))
             elif isinstance(action, Outcome):
                 self._record(action)
-        if wake:
-            self._wake.set()
+        if wake and self._started and not self._closed:
+            self._timer.soon()  # tick at the loop's next turn, then publish
 
     def _record(self, outcome: Outcome) -> None:
         log.log(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..aio import cancel_and_wait
 from ..ca.client import Context
+from ..ca.publisher import Publisher
 from ..ca.watch_pvs import WatchPVSet, build_watch_pvs
 from ..settings import WatchSettings
 from ..state_db import StateDB
@@ -56,10 +58,15 @@ class WatchService:
         self.pvs: WatchPVSet = build_watch_pvs(
             prefix, [(r.name, r, r.view()) for r in self.runners], self, self._dry_run
         )
-        for runner in self.runners:
-            runner.group = self.pvs.watches[runner.name]
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = False  # the client context was used (only then is there one to close)
+
+    def publish_through(self, publisher: Publisher) -> None:
+        """Show each watch on its PVs through ``publisher`` (before :meth:`start`)."""
+        for runner in self.runners:
+            name = f"watch {runner.name}"
+            publisher.add(name, runner.view, self.pvs.watches[runner.name].publish)
+            runner.on_change = publisher.notifier(name)
 
     def dry_run(self) -> bool:
         return self._dry_run
@@ -123,9 +130,7 @@ class WatchService:
 
     async def close(self) -> None:
         """Stop every watch, then the Channel Access client (bounded: shutdown goes on)."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, CLOSE_TIMEOUT, what="watches", logger=log)
         for runner in self.runners:
             await runner.close()
         if not self._subscribed:

@@ -18,12 +18,16 @@ IOC's marker or slot: a recycled pid never makes us kill a stranger.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
 
+from ..state_db import StateDB
 from . import cgroups, proctree
 from .containment import Containment
+
+log = logging.getLogger("bgrscrpt_ioc")  # the IOC's own: these lines are about start-up
 
 
 def sweep(containment: Containment) -> dict[str, list[int]]:
@@ -84,3 +88,30 @@ def kill_leftover_group(pgid: int, slot: str) -> list[int]:
         except ProcessLookupError:
             pass
     return killed
+
+
+def clean_leftovers(db: StateDB, containment: Containment) -> None:
+    """Runs a dead IOC left open: kill what survives of them, and record how they ended.
+
+    When the IOC dies without stopping its scripts (SIGKILL, a crash), the keeper
+    SIGKILLs every process of every slot (and the kernel each script leader, through
+    PR_SET_PDEATHSIG): such a run ended by SIGKILL, whoever sent it. What survived
+    anyway is found by cgroup and marker (``sweep``) or by its process group.
+    """
+    swept = sweep(containment)  # by cgroup and marker
+    for run in db.open_runs():
+        swept.setdefault(run.slot, []).extend(kill_leftover_group(run.pid, run.slot))
+    for slot, killed in swept.items():
+        if killed:
+            log.warning(
+                "%s: killed %d process(es) left by a previous IOC: %s", slot, len(killed), killed
+            )
+    for run in db.open_runs():
+        if not swept.get(run.slot):
+            log.warning(
+                # %r: a pid edited into the file by hand may be anything
+                "%s: the run of pid %r ended when the previous IOC died (killed by SIGKILL)",
+                run.slot,
+                run.pid,
+            )
+        db.run_ended(run.id, -int(signal.SIGKILL), "ioc-exit")

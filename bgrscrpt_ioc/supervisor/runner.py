@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import os
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from bgrscrpt_ioc.aio import CallLater, DeadlineTimer
 from bgrscrpt_ioc.ca.slot_pvs import SlotView
 from bgrscrpt_ioc.core.slot import (
     AutoRestart,
@@ -30,18 +27,10 @@ from bgrscrpt_ioc.core.slot import (
 from bgrscrpt_ioc.settings import SlotSettings
 from bgrscrpt_ioc.state_db import StateDB, wall_now
 from bgrscrpt_ioc.supervisor.accounting import Usage
-from bgrscrpt_ioc.supervisor.env import kit_root, script_environment
-from bgrscrpt_ioc.supervisor.guardian import Guardian
-from bgrscrpt_ioc.supervisor.notify import NotifyListener
-from bgrscrpt_ioc.supervisor.output import OutputCapture
-from bgrscrpt_ioc.supervisor.process import ScriptProcess
-from bgrscrpt_ioc.supervisor.script_check import check_script, look
+from bgrscrpt_ioc.supervisor.launcher import Launcher, Run
 from bgrscrpt_ioc.supervisor.terminal import printable
 
 log = logging.getLogger(__name__)
-
-STALE_DEADLINE_RETRY = 0.5
-"""A deadline a tick has already passed is a core bug: look again this much later, not at once."""
 
 
 class SlotRunner:
@@ -51,42 +40,40 @@ class SlotRunner:
         self,
         settings: SlotSettings,
         *,
-        config_dir: Path,
-        var_dir: Path,
-        prefix: str,
+        launcher: Launcher,
         db: StateDB,
-        guardian: Guardian,
         on_change: Callable[[], None],
-        own_ca_address: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        call_later: CallLater | None = None,
     ):
+        """``launcher`` starts the runs (``launcher.ScriptLauncher``, or a fake);
+        ``on_change`` is the publisher's notice; ``clock`` and ``call_later`` are a
+        fake clock's in tests (default: monotonic time and the loop's timers)."""
         self.settings = settings
-        self.own_ca_address = own_ca_address
         self.name = settings.name
-        self.config_dir = config_dir
-        self.var_dir = var_dir
-        self.prefix = prefix
+        self.launcher = launcher
+        self.output = launcher.output
         self.db = db
-        self.guardian = guardian
         self.on_change = on_change
+        self.clock = clock
         self.core = Slot(
             settings.name,
             settings.policy,
             autorestart=self._saved_autorestart(),
             watchdog=self._saved_watchdog(),
         )
-        self.output = OutputCapture(
-            var_dir / "logs" / f"{settings.name}.log",
-            max_bytes=settings.log_max_bytes,
-            backups=settings.log_backups,
-        )
-        self.notify = NotifyListener(settings.name, self._on_notify)
         self.heartbeat = 0
         self.plot_url = ""
-        self.process: ScriptProcess | None = None
+        self.process: Run | None = None
         self._run_id = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_tick = -math.inf  # when the core was last ticked (the guard in _schedule)
-        self._stale_logged = False
+        self._timer = DeadlineTimer(
+            self.name,
+            self._tick,
+            state=lambda: self.core.state.name,
+            logger=log,
+            clock=clock,
+            call_later=call_later,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Event | None = None
         # A Spawn under way: the script check, then the keeper starting it.
@@ -126,12 +113,12 @@ class SlotRunner:
         self._loop = loop
         self._exited = asyncio.Event()
         self._exited.set()
-        self.notify.open(loop)
+        self.launcher.open(loop, self._on_notify)
 
     def start_if_present(self) -> None:
         """At IOC start-up: start when the script exists, else say where it was looked for."""
-        problem, _ = look(self.settings.script)
-        if problem.startswith("no script at"):
+        problem = self.launcher.missing()
+        if problem:
             self.core.message = problem
             self.on_change()
         else:
@@ -149,26 +136,23 @@ class SlotRunner:
             self.close()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._checking is not None:
             self._give_up_check("the IOC is stopping")
-        self.notify.close()
-        self.output.close()
+        self.launcher.close()
 
     # ---- SlotController (called by the PV layer) ---------------------------
 
     def start(self) -> None:
-        self._apply(self.core.start(time.monotonic()))
+        self._apply(self.core.start(self.clock()))
 
     def stop(self) -> None:
-        self._apply(self.core.stop(time.monotonic()))
+        self._apply(self.core.stop(self.clock()))
         if self._checking is not None and self.core.state is SlotState.STOPPING:
             self._give_up_check("")  # nothing to wait for: it has not started
 
     def restart(self) -> None:
-        self._apply(self.core.restart(time.monotonic()))
+        self._apply(self.core.restart(self.clock()))
 
     def set_autorestart(self, mode: int) -> None:
         try:
@@ -182,7 +166,7 @@ class SlotRunner:
     def set_watchdog(self, seconds: float) -> None:
         """WATCHDOG put: 0 (off) or ``core.slot.WATCHDOG``'s range; a ValueError rejects it."""
         seconds = watchdog_seconds(seconds)
-        self.core.set_watchdog(seconds, time.monotonic())
+        self.core.set_watchdog(seconds, self.clock())
         self._persist("WATCHDOG", repr(float(seconds)))
         self._changed()
 
@@ -277,34 +261,13 @@ class SlotRunner:
         self.on_change()
 
     def _schedule(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         deadline = self.core.next_deadline()
-        if deadline is None or self._loop is None:
+        if self._loop is None:
             return
-        now = time.monotonic()
-        if deadline <= self._last_tick:
-            # The core promises a tick moves every due deadline on; if one broke that
-            # promise, a timer at once would tick again and again, burning the loop.
-            if not self._stale_logged:
-                self._stale_logged = True
-                log.error(
-                    "%s: a tick at %.3f left the deadline %.3f due (state %s); "
-                    "re-checking every %g s (a bug: please report)",
-                    self.name,
-                    self._last_tick,
-                    deadline,
-                    self.core.state.name,
-                    STALE_DEADLINE_RETRY,
-                )
-            deadline = now + STALE_DEADLINE_RETRY
-        self._timer = self._loop.call_later(max(deadline - now, 0.0), self._tick)
+        self._timer.arm(None if deadline is None else self._timer.guard(deadline))
 
-    def _tick(self) -> None:
-        self._timer = None
-        self._last_tick = time.monotonic()
-        self._apply(self.core.tick(self._last_tick))
+    def _tick(self, now: float) -> None:
+        self._apply(self.core.tick(now))
 
     def _spawn(self) -> None:
         """The core asked for a run: check the script off the loop, then have the keeper
@@ -329,7 +292,7 @@ class SlotRunner:
     async def _check_then_spawn(self) -> None:
         script = self.settings.script
         try:
-            problem = await check_script(script)
+            problem = await self.launcher.check()
         except asyncio.CancelledError:  # given up (_give_up_check), which settled the spawn
             raise
         except Exception as exc:  # a bug in the check must not leave the slot STARTING
@@ -346,44 +309,23 @@ class SlotRunner:
 
     def _spawn_failed(self, problem: str) -> None:
         try:
-            self._apply(self.core.spawn_failed(problem, time.monotonic()))
+            self._apply(self.core.spawn_failed(problem, self.clock()))
         finally:
             if self.process is None and self._checking is None and self._exited is not None:
                 self._exited.set()
 
     async def _spawn_now(self) -> None:
-        assert self._loop is not None
         script = self.settings.script
-        env = script_environment(
-            os.environ,
-            slot=self.name,
-            config_dir=self.config_dir,
-            var_dir=self.var_dir,
-            kit_root=kit_root(),
-            notify_socket=self.notify.address,
-            prefix=self.prefix,
-            macros=self.settings.macros,
-            own_ca_address=self.own_ca_address,
-        )
         self.output.new_run()
         self.plot_url = ""
         try:
             # Cancelled here (_give_up_check), the keeper's run, if any, is killed.
-            process = await ScriptProcess.spawn(
-                [sys.executable, str(script)],
-                slot=self.name,
-                guardian=self.guardian,
-                cwd=str(self.config_dir),
-                env=env,
-                on_output=self._on_output,
-                on_exit=self._on_exit,
-                loop=self._loop,
-            )
+            process = await self.launcher.spawn(self._on_output, self._on_exit)
         except OSError as exc:
             self._checking = None
             self._spawn_failed(f"cannot start {script}: {exc.strerror or exc}")
             return
-        now = time.monotonic()
+        now = self.clock()
         self._checking = None
         self.process = process
         try:
@@ -404,7 +346,7 @@ class SlotRunner:
             process.close()
         try:
             summary = self.output.exception_summary
-            actions = self.core.exited(returncode, time.monotonic(), summary)
+            actions = self.core.exited(returncode, self.clock(), summary)
             # The exit line before the actions: they may spawn the next run (RESTART, or a
             # START queued during STOPPING), whose own start line must come after it.
             self.output.mark(f"--- {wall_now()} {self.name}: {self.core.message} ---")
@@ -420,4 +362,4 @@ class SlotRunner:
             fields["STATUS"] = printable(fields["STATUS"])
         if "PLOT_URL" in fields and self.process is not None:
             self.plot_url = fields["PLOT_URL"]
-        self._apply(self.core.notified(fields, time.monotonic()))
+        self._apply(self.core.notified(fields, self.clock()))

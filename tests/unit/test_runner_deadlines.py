@@ -22,6 +22,7 @@ from bgrscrpt_ioc.settings import SlotSettings, WatchSettings
 from bgrscrpt_ioc.state_db import StateDB
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
 from tests.unit.fake_backend import FakeBackend
+from tests.unit.fake_launcher import FakeLauncher
 
 RUN_FOR = 1.0
 TOO_MANY = 200  # ticks in RUN_FOR: far more than any deadline schedule asks for
@@ -84,7 +85,7 @@ async def test_watch_runner_with_a_pv_that_never_connects_keeps_the_loop_free(tm
     runner.start()
     try:
         worst = await _beat_gaps(RUN_FOR)
-        assert runner._task is not None and not runner._task.done(), runner._task
+        assert runner.running, runner._timer.failed
     finally:
         await runner.close()
         runner.db.close()
@@ -152,7 +153,7 @@ async def test_watch_runner_guards_against_a_core_that_leaves_a_deadline_due(tmp
     try:
         with caplog.at_level(logging.ERROR, logger="bgrscrpt_ioc.watch"):
             worst = await _beat_gaps(RUN_FOR)
-        assert runner._task is not None and not runner._task.done(), runner._task
+        assert runner.running, runner._timer.failed
     finally:
         await runner.close()
         runner.db.close()
@@ -168,11 +169,8 @@ async def test_slot_runner_guards_against_a_core_that_leaves_a_deadline_due(tmp_
     db = StateDB(tmp_path / "state.sqlite")
     runner = SlotRunner(
         SlotSettings("BGRSCRPT_01", script, Policy()),
-        config_dir=tmp_path,
-        var_dir=tmp_path,
-        prefix="T:",
+        launcher=FakeLauncher(),  # nothing is spawned
         db=db,
-        guardian=None,  # type: ignore[arg-type]  # nothing is spawned
         on_change=lambda: None,
     )
     ticks: list[float] = []

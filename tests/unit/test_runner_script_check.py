@@ -18,8 +18,8 @@ import pytest
 from bgrscrpt_ioc.core.slot import Policy, SlotState
 from bgrscrpt_ioc.settings import SlotSettings
 from bgrscrpt_ioc.state_db import StateDB
-from bgrscrpt_ioc.supervisor import runner as runner_module
 from bgrscrpt_ioc.supervisor.guardian import Guardian, KeeperConfig
+from bgrscrpt_ioc.supervisor.launcher import ScriptLauncher
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
 
 SCRIPT = "import time\nprint('up', flush=True)\nwhile True:\n    time.sleep(0.1)\n"
@@ -52,24 +52,19 @@ async def until(condition, timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-async def slot(tmp_path, monkeypatch, test_tag):
+async def slot(tmp_path, test_tag):
     check = HeldCheck()
-    monkeypatch.setattr(runner_module, "check_script", check)
     script = tmp_path / "s.py"
     script.write_text(SCRIPT)
     db = StateDB(tmp_path / "state.sqlite")
     guardian = Guardian(KeeperConfig(instance=uuid.uuid4().hex[:12]))
     guardian.start()
     guardian.attach(asyncio.get_running_loop())
-    runner = SlotRunner(
-        SlotSettings("BGRSCRPT_01", script, Policy(startsecs=0.2, stop_timeout=2.0)),
-        config_dir=tmp_path,
-        var_dir=tmp_path,
-        prefix="T:",
-        db=db,
-        guardian=guardian,
-        on_change=lambda: None,
+    settings = SlotSettings("BGRSCRPT_01", script, Policy(startsecs=0.2, stop_timeout=2.0))
+    launcher = ScriptLauncher(
+        settings, config_dir=tmp_path, var_dir=tmp_path, prefix="T:", guardian=guardian, check=check
     )
+    runner = SlotRunner(settings, launcher=launcher, db=db, on_change=lambda: None)
     runner.open(asyncio.get_running_loop())
     runner.check = check
     try:
