@@ -12,6 +12,12 @@ from tests.integration.test_watch_procserv import msg, sims, watch_settings  # n
 T = 30.0
 
 
+def msg_with(ioc, text: str, seen: list[str]) -> bool:
+    """Whether the watch's MSG holds ``text``; every MSG read is kept for the failure."""
+    seen.append(msg(ioc))
+    return text in seen[-1]
+
+
 def test_msg_says_why_a_watched_pv_is_disconnected(make_ioc, sims):  # noqa: F811
     sim = sims(procserv=False)
     settings = watch_settings(sim, delay=3600.0)
@@ -22,7 +28,11 @@ def test_msg_says_why_a_watched_pv_is_disconnected(make_ioc, sims):  # noqa: F81
     os.kill(sim.proc.pid, signal.SIGSTOP)  # its host hangs: nothing comes back
     try:
         unresponsive = f"{sim.pv()} disconnected (unresponsive server at 127.0.0.1:{sim.port}"
-        wait_for(lambda: unresponsive in msg(ioc), T, "the unresponsive server in MSG")
+        seen: list[str] = []
+        try:
+            wait_for(lambda: msg_with(ioc, unresponsive, seen), T, "the unresponsive server")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; MSGs seen: {sorted(set(seen))}") from None
     finally:
         os.kill(sim.proc.pid, signal.SIGCONT)
     wait_for(lambda: ioc.get("BGRSCRPT:WATCH:SIM:STATE", as_string=True) == "OK", T, "OK again")
