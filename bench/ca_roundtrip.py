@@ -30,9 +30,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["epicscorelibs"]:
 
 import epics
 
+from devsupport.epics_base import BaseIoc
+
 from .common import (
     REPO,
-    BaseIoc,
     BgrIoc,
     json_lines_of,
     median,

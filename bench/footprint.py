@@ -19,7 +19,9 @@ from pathlib import Path
 
 import psutil
 
-from .common import BaseIoc, BgrIoc, ca_get, median, ratio, shown_path
+from devsupport.epics_base import BaseIoc
+
+from .common import BgrIoc, ca_get, median, ratio, shown_path
 
 SETTLE_S = 3.0
 MEASURE_S = 30.0

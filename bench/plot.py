@@ -29,7 +29,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from .common import REPO, fresh_prefix, json_lines_of, median, percentile, ratio, wait_for
+from devsupport.waiting import wait_for
+
+from .common import REPO, fresh_prefix, json_lines_of, median, percentile, ratio
 
 NAME = "plot"
 PORTS = 1  # the simulated instrument

@@ -39,7 +39,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, BgrIoc, percentile, ratio, wait_for
+from devsupport.waiting import wait_for
+
+from .common import REPO, BgrIoc, percentile, ratio
 
 NAME = "stopped_client"
 PORTS = 1

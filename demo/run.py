@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 from bgrscrpt_ioc.ctl.ca import Client, wait_until
-from bgrscrpt_ioc.epics_base import base_ioc_environment
+from devsupport.epics_base import base_ioc_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "config"

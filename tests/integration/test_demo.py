@@ -22,7 +22,7 @@ from pathlib import Path
 import epics
 import pytest
 
-from tests.conftest import _free_port
+from devsupport.ports import free_ca_port as _free_port
 from tests.integration.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

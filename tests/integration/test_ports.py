@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from bgrscrpt_ioc.epics_base import base_ioc_environment, free_loopback_port
+from devsupport.epics_base import base_ioc_environment
+from devsupport.ports import free_loopback_port
 from tests.integration.conftest import write_script
 from tests.integration.harness import wait_for
 
