@@ -79,6 +79,33 @@ def base_ioc_env(port: int) -> dict[str, str]:
     return base_ioc_environment(os.environ, port)
 
 
+def procserv_greeting(control: str, key: bytes = b"") -> str:
+    """What procServ tells a console connecting to ``control`` (``host:port`` or
+    ``unix:path``): the child's PID and modes.
+
+    ``key``, typed once the greeting is complete (procServ ignores what arrives
+    before), and procServ's first answer to it.
+    """
+    if control.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(control[5:])
+    else:
+        host, port = control.rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=5.0)
+    with sock:
+        sock.settimeout(5.0)
+        data = b""
+        while b"connected (plus you)" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        if key:
+            sock.sendall(key)
+            data += sock.recv(4096)
+    return data.decode(errors="replace")
+
+
 def sim_command(prefix: str, devices: list[str], **macros: str) -> list[str]:
     """``python -m epicscorelibs.ioc`` loading one sim_device.db per device.
 
@@ -188,21 +215,7 @@ class SimDevice:
         return match.group(1)
 
     def greeting(self) -> str:
-        if self.control.startswith("unix:"):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(self.control[5:])
-        else:
-            host, port = self.control.rsplit(":", 1)
-            sock = socket.create_connection((host, int(port)), timeout=5.0)
-        with sock:
-            sock.settimeout(5.0)
-            data = b""
-            while b"connected (plus you)" not in data:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        return data.decode(errors="replace")
+        return procserv_greeting(self.control)
 
     def stop(self) -> None:
         if self.proc is None:
