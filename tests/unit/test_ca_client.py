@@ -49,7 +49,9 @@ class Device(PVGroup):
     value = pvproperty(value=1.0, name="VALUE")
     refuse = pvproperty(value=0, name="REFUSE")
 
-    @refuse.putter
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @refuse.putter  # type: ignore[no-redef]
     async def refuse(self, instance: Any, value: Any) -> Any:
         raise ValueError("refused by the device")
 

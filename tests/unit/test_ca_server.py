@@ -49,7 +49,9 @@ class Served(PVGroup):
     beat = pvproperty(value=0, name="BEAT", read_only=True)
     text = pvproperty(value="0.1.0", dtype=ChannelType.STRING, name="TEXT")
 
-    @a.putter
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @a.putter  # type: ignore[no-redef]
     async def a(self, instance, value):
         await self.b.write(value * 2)
         # Runs after the put's own updates have gone out: its update must too.
