@@ -20,7 +20,7 @@ import textwrap
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from devsupport import processes
 from devsupport.ca_env import point_ca_at
@@ -171,7 +171,7 @@ class BgrIoc(Ioc):
         self.scripts = scripts
         self.settings = settings
 
-    def start(self, wait: bool = True) -> BgrIoc:
+    def start(self, wait: bool = True) -> Self:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         if self.settings:
             (self.config_dir / "bgrscrpt.toml").write_text(textwrap.dedent(self.settings))

@@ -203,8 +203,11 @@ def _detection_and_overhead(workdir: Path, pool: Any) -> dict:
             # its time to find the restarted IOC again.
             with ValueWatcher(value_pv, invalid):
                 write(f"{prefix}DEV:FAULT", 1, notify=True, timeout=5.0, repeater=False)
-                wait_for(lambda i=n_inv, k=n_kill: len(invalid) > i and len(relay.kills) > k,
-                         10, "the kill", every=0.005)  # fmt: skip
+
+                def killed(i: int = n_inv, k: int = n_kill) -> bool:
+                    return len(invalid) > i and len(relay.kills) > k
+
+                wait_for(killed, 10, "the kill", every=0.005)
                 # Only an OK stamped after the fault counts: libca's flow control
                 # (EVENTS_OFF/ON) makes the server resend the current OK, old stamp.
                 fault = invalid[n_inv]
@@ -276,7 +279,11 @@ def _poller(workdir: Path, pool: Any) -> dict:
             )  # fmt: skip
             try:
                 pv = f"{prefix}{dev}:VALUE"
-                wait_for(lambda pv=pv: epics.caget(pv, timeout=0.5) is not None, 30, "a device")
+
+                def serving(pv: str = pv) -> bool:
+                    return epics.caget(pv, timeout=0.5) is not None
+
+                wait_for(serving, 30, "a device")
                 phase = rng.uniform(0, POLL_PERIOD)
                 start = time.monotonic()
                 faulted = None
@@ -295,11 +302,13 @@ def _poller(workdir: Path, pool: Any) -> dict:
             finally:
                 proc_i.kill()
                 proc_i.wait()
-                proc_i.stdin.close()
+                if proc_i.stdin is not None:
+                    proc_i.stdin.close()
     finally:
         proc.kill()
         proc.wait()
-        proc.stdin.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
     return {
         "read_ms_p50": median(reads) * 1e3,
         "model_p50_s": median(model),

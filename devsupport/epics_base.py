@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from devsupport.ports import free_ca_port, free_loopback_port
 from devsupport.processes import session_alive
@@ -161,7 +161,7 @@ class SimDevice:
         assert host == "127.0.0.1", self.control
         return int(port)
 
-    def start(self) -> SimDevice:
+    def start(self) -> Self:
         command = sim_command(self.prefix, self.devices, **self.macros)
         if self.use_procserv:
             command = [
@@ -271,7 +271,7 @@ class BaseIoc:
         args += ["-m", f"P={self.prefix}", "-d", str(DB_TEMPLATES / "bgrscrpt_ioc.db")]
         return args
 
-    def start(self) -> BaseIoc:
+    def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = base_ioc_environment(os.environ, self.port, free_ca_port())
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -317,7 +317,7 @@ class BaseIoc:
             self.proc.stdin.close()
         self._out.close()
 
-    def __enter__(self) -> BaseIoc:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from devsupport.waiting import wait_for
 
@@ -88,7 +88,7 @@ class Ioc:
         env.update(self.extra_env)
         return env
 
-    def start(self, wait: bool = True) -> Ioc:
+    def start(self, wait: bool = True) -> Self:
         """Start the IOC; with ``wait``, return once it serves its PVs."""
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -194,7 +194,7 @@ class Ioc:
         if self._out is not None:
             self._out.close()
 
-    def __enter__(self) -> Ioc:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -51,7 +52,7 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def test_tag(monkeypatch) -> str:
+def test_tag(monkeypatch) -> Iterator[str]:
     """Tags every process the test starts; the test fails if any is left running."""
     tag = uuid.uuid4().hex
     monkeypatch.setenv(TEST_TAG_VAR, tag)

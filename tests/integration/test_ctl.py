@@ -150,6 +150,7 @@ def test_log_and_follow(two_slots: Ioc):
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    assert follower.stdout is not None and follower.stderr is not None  # both piped
     lines = read_lines(follower.stdout)
     try:
         numbers: list[int] = []
@@ -251,6 +252,7 @@ def test_colour_on_a_terminal_only(two_slots: Ioc):
             stdin=subprocess.DEVNULL,
             env={**os.environ, "TERM": "xterm"},
         )
+        assert proc.stderr is not None  # piped
         os.close(slave)
         slave = -1
         output = b""

@@ -118,7 +118,9 @@ class ProcServedIoc:
 
     def wait_serving(self) -> None:
         def up() -> bool:
-            assert self.proc.poll() is None, (self.log_dir.parent / "procserv.out").read_text()
+            assert self.proc is not None and self.proc.poll() is None, (
+                self.log_dir.parent / "procserv.out"
+            ).read_text()
             return self.get("BGRSCRPT_01:STATUS") == "RUNNING"
 
         wait_for(up, 40, "the IOC under procServ to run its script")

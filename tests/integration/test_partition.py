@@ -179,6 +179,7 @@ def test_log_follow_reports_the_outage_and_resumes(make_ioc, config_dir: Path, r
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    assert follower.stdout is not None and follower.stderr is not None  # both piped
     out, err = read_lines(follower.stdout), read_lines(follower.stderr)
     numbers: list[int] = []
 

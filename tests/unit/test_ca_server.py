@@ -199,9 +199,11 @@ async def test_subscriptions_come_and_go_while_a_client_is_stopped(monkeypatch, 
                         client.send(chan.unsubscribe(first))
                         if round_ % 2:
                             client.send(chan.clear())
-                            client.until(
-                                lambda chan=chan: chan.states[ca.CLIENT] is ca.CLOSED, "clear"
-                            )
+
+                            def cleared(chan: Any = chan) -> bool:
+                                return bool(chan.states[ca.CLIENT] is ca.CLOSED)
+
+                            client.until(cleared, "clear")
                         client.pump(0.01)
                 finally:
                     client.close()
@@ -495,7 +497,7 @@ def test_a_request_is_carried_out_in_the_task_that_read_it(monkeypatch):
     class CountingLoop(asyncio.SelectorEventLoop):
         def _run_once(self) -> None:
             turns[0] += 1
-            super()._run_once()
+            super()._run_once()  # type: ignore[misc]  # asyncio's, private: not in typeshed
 
     async def main() -> float:
         group = Served(prefix())
