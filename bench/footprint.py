@@ -86,7 +86,7 @@ def run(workdir: Path, ioc_port: int, base_port: int, ioc_prefix: str, base_pref
     with ioc:
         assert ioc.proc is not None
         for slot in ("BGRSCRPT_01", "BGRSCRPT_02"):
-            ioc.wait_status(slot, "RUNNING", timeout=20.0)
+            ioc.wait_status("RUNNING", slot, timeout=20.0)
         proc = psutil.Process(ioc.proc.pid)
         time.sleep(SETTLE_S)
         script_pids = set()

@@ -302,7 +302,7 @@ def run(workdir: Path, pool: Any) -> dict:
     }
     with ioc:
         assert ioc.proc is not None
-        ioc.wait_status("BGRSCRPT_01", "RUNNING")
+        ioc.wait_status("RUNNING", "BGRSCRPT_01")
         names = [ioc.pv("BGRSCRPT:HEARTBEAT"), ioc.pv("BGRSCRPT_01:LOG")]
         rss = _RssSampler(ioc.proc.pid)
         rss.start()
