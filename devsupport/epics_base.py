@@ -146,7 +146,9 @@ class SimDevice:
         if unix_socket:
             self.control = f"unix:{workdir / f'{name}.sock'}"
         else:
-            self.control = f"127.0.0.1:{free_loopback_port()}"
+            # Outside the kernel's ephemeral range, like every server port here: with
+            # an ephemeral one the bench's fault put lost its reply at the restart.
+            self.control = f"127.0.0.1:{free_ca_port()}"
         self.macros = {"SCAN": "Passive", **macros}
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"{name}-{port}.out"
