@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import shutil
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, module in plugins.items():
         if module.PORTS > PLUGIN_PORTS:
             raise SystemExit(f"bench.{name} needs {module.PORTS} ports; raise PLUGIN_PORTS")
-        runners[name] = lambda d, module=module: module.run(d, pool)
+        runners[name] = functools.partial(module.run, pool=pool)
     with tempfile.TemporaryDirectory(prefix="bgrscrpt-bench-") as tmp:
         for name in figures:
             t0 = time.monotonic()

@@ -97,7 +97,7 @@ def _pair(workdir: Path, pool: Any, mechanism: str) -> dict:
     with iocs["on"], iocs["off"]:
         for ioc in iocs.values():
             for slot in ("BGRSCRPT_01", "BGRSCRPT_02"):
-                ioc.wait_status(slot, "RUNNING", timeout=20.0)
+                ioc.wait_status("RUNNING", slot, timeout=20.0)
         time.sleep(SETTLE_S)
         procs = {switch: _ioc_and_keeper(ioc) for switch, ioc in iocs.items()}
         windows: dict[str, list[float]] = {"on": [], "off": []}

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 if __name__ == "__main__" and sys.argv[1:2] == ["epicscorelibs"]:
     # pyepics loads epicscorelibs' libca when epicscorelibs was imported first.
@@ -30,9 +31,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["epicscorelibs"]:
 
 import epics
 
+from devsupport.epics_base import BaseIoc
+
 from .common import (
     REPO,
-    BaseIoc,
     BgrIoc,
     json_lines_of,
     median,
@@ -138,7 +140,7 @@ def _judge(measured: dict) -> dict:
     met = True
     for kind in ("get", "put"):
         i, b = _summary(samples["ioc"][kind]), _summary(samples["base"][kind])
-        entry = {
+        entry: dict[str, Any] = {
             "ioc": i,
             "base": b,
             "p50_ratio": ratio(i["p50_us"], b["p50_us"]),

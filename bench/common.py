@@ -1,5 +1,7 @@
 """What every figure needs: loopback CA ports, the IOC and the EPICS base IOC as
 subprocesses, waiting on conditions, percentiles, the machine, and the leftover check.
+The launchers, ports and process checks are :mod:`devsupport`'s (the tests use
+them too); the names the figures import stay here.
 
 Nothing here imports ``epics`` at module level: libca reads its address list once,
 when its context is created, so :func:`setup_ca_environment` must run first.
@@ -11,25 +13,23 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from bgrscrpt_ioc.epics_base import base_ioc_environment, free_ca_port
+from devsupport import processes
+from devsupport.ca_env import point_ca_at
+from devsupport.ioc import Ioc
+from devsupport.ports import PortPool, free_ca_port, reserve_ports
 
 REPO = Path(__file__).resolve().parent.parent
-DB_TEMPLATES = REPO / "db_templates"
 TAG_VAR = "BGRSCRPT_BENCH_TAG"
 """Every process the bench starts (and every script the IOCs start) carries this tag."""
-
-STARTUP_TIMEOUT = 30.0
 
 
 def shown_path(path: str | Path) -> str:
@@ -53,21 +53,6 @@ def free_port(avoid: Iterable[int] = ()) -> int:
     return free_ca_port(avoid)
 
 
-class PortPool:
-    """Ports reserved before libca starts, handed out one by one."""
-
-    def __init__(self, ports: list[int]):
-        self.ports = list(ports)
-        self._next = 0
-
-    def take(self) -> int:
-        if self._next >= len(self.ports):
-            raise RuntimeError("bench port pool exhausted: raise PORTS in bench/__main__.py")
-        port = self.ports[self._next]
-        self._next += 1
-        return port
-
-
 def setup_ca_environment(count: int) -> PortPool:
     """Reserve ``count`` loopback ports and point Channel Access at exactly those.
 
@@ -75,25 +60,13 @@ def setup_ca_environment(count: int) -> PortPool:
     """
     if "epics" in sys.modules:
         raise RuntimeError("setup_ca_environment() must run before epics is imported")
-    ports: list[int] = []
-    while len(ports) < count:
-        ports.append(free_port(ports))
-    env = os.environ
-    env["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
-    env["EPICS_CA_ADDR_LIST"] = " ".join(f"127.0.0.1:{p}" for p in ports)
-    env["EPICS_CA_REPEATER_PORT"] = str(free_port(ports))
-    env["EPICS_CAS_BEACON_ADDR_LIST"] = "127.255.255.255"
-    env["EPICS_CAS_AUTO_BEACON_ADDR_LIST"] = "NO"
-    env["EPICS_CA_MAX_ARRAY_BYTES"] = "1000000"
-    # An inherited server port would put every IOC on one port.
-    for name in ("EPICS_CA_SERVER_PORT", "EPICS_CAS_SERVER_PORT", "EPICS_CAS_INTF_ADDR_LIST"):
-        env.pop(name, None)
-    env.pop("MYPVPREFIX", None)
+    ports = reserve_ports(count)
+    point_ca_at(ports)
     # Measure what an installation runs: pip writes every module's .pyc at install
     # time, so a script's start does not compile the IOC's sitecustomize each time.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env[TAG_VAR] = uuid.uuid4().hex
-    return PortPool(ports)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ[TAG_VAR] = uuid.uuid4().hex
+    return PortPool(ports, hint="raise PORTS in bench/__main__.py")
 
 
 def fresh_prefix(what: str) -> str:
@@ -114,17 +87,6 @@ def json_lines_of(
 
 
 # ---- waiting and statistics -------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -176,8 +138,12 @@ def pv_names(prefix: str, slots: int = 2) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-class BgrIoc:
-    """One bgrscrpt_ioc subprocess on its own port, with its own config and var dirs."""
+class BgrIoc(Ioc):
+    """One bgrscrpt_ioc subprocess on its own port, with its own config and var dirs
+    in ``workdir``: ``scripts`` (name: text) and ``settings`` are written there."""
+
+    poll_every = 0.01
+    startup_timeout = 30.0
 
     def __init__(
         self,
@@ -190,195 +156,38 @@ class BgrIoc:
         slots: int = 2,
         env: dict[str, str] | None = None,
     ):
+        super().__init__(
+            prefix=prefix,
+            port=port,
+            config_dir=workdir / "config",
+            var_dir=workdir / "var",
+            slots=slots,
+            args=["--log-level", "WARNING"],
+            env=env,
+            log_path=workdir / "ioc.out",
+            cwd=REPO,
+        )
         self.workdir = workdir
-        self.port = port
-        self.prefix = prefix
         self.scripts = scripts
         self.settings = settings
-        self.slots = slots
-        self.extra_env = env or {}
-        self.config_dir = workdir / "config"
-        self.var_dir = workdir / "var"
-        self.out_path = workdir / "ioc.out"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.stopped_cleanly: bool | None = None
 
-    def pv(self, suffix: str) -> str:
-        return f"{self.prefix}{suffix}"
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "bgrscrpt_ioc",
-            "--prefix",
-            self.prefix,
-            "--config-dir",
-            str(self.config_dir),
-            "--var-dir",
-            str(self.var_dir),
-            "--slots",
-            str(self.slots),
-            "--log-level",
-            "WARNING",
-        ]
-
-    def start(self) -> BgrIoc:
+    def start(self, wait: bool = True) -> Self:
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        self.var_dir.mkdir(parents=True, exist_ok=True)
         if self.settings:
             (self.config_dir / "bgrscrpt.toml").write_text(textwrap.dedent(self.settings))
         for name, body in self.scripts.items():
             (self.config_dir / name).write_text(textwrap.dedent(body))
-        env = dict(os.environ)
-        env.update(EPICS_CA_SERVER_PORT=str(self.port), EPICS_CAS_SERVER_PORT=str(self.port))
-        env.update(self.extra_env)
-        self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.command(),
-            env=env,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
         try:
-            self.wait_ready()
+            super().start(wait)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def wait_ready(self) -> None:
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"IOC exited with {self.proc.returncode}:\n{self.output()}")
-            return ca_get(self.pv("BGRSCRPT:VERSION"), timeout=0.5) is not None
-
-        wait_for(up, STARTUP_TIMEOUT, f"bgrscrpt_ioc on port {self.port}")
-
-    def wait_status(self, slot: str, states: str | tuple[str, ...], timeout: float = 20.0) -> str:
-        wanted = (states,) if isinstance(states, str) else states
-
-        def reached() -> str | None:
-            status = ca_get(self.pv(f"{slot}:STATUS"), as_string=True)
-            return status if status in wanted else None
-
-        return wait_for(reached, timeout, f"{slot}:STATUS in {wanted}", every=0.01)
-
-    def output(self) -> str:
-        try:
-            return self.out_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (the IOC stops every script first), SIGKILL only if that fails."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-                self.stopped_cleanly = True
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                self.stopped_cleanly = False
-        self._out.close()
-
-    def __enter__(self) -> BgrIoc:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-# ---- the peer: an EPICS base IOC from db_templates --------------------------
-
-
-class BaseIoc:
-    """``python -m epicscorelibs.ioc`` serving the same records from db_templates.
-
-    It reads an interactive shell from stdin (so stdin stays an open pipe) and
-    ignores SIGTERM: it is asked to exit on stdin, then SIGKILLed.
-    """
-
-    def __init__(self, workdir: Path, *, port: int, prefix: str, slots: int = 2):
-        self.workdir = workdir
-        self.port = port
-        self.prefix = prefix
-        self.slots = slots
-        self.out_path = workdir / "base-ioc.out"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def pv(self, suffix: str) -> str:
-        return f"{self.prefix}{suffix}"
-
-    def command(self) -> list[str]:
-        args = [sys.executable, "-m", "epicscorelibs.ioc"]
-        for i in range(1, self.slots + 1):
-            args += [
-                "-m",
-                f"P={self.prefix},SLOT=BGRSCRPT_{i:02d}",
-                "-d",
-                str(DB_TEMPLATES / "bgrscrpt.db"),
-            ]
-        args += ["-m", f"P={self.prefix}", "-d", str(DB_TEMPLATES / "bgrscrpt_ioc.db")]
-        return args
-
-    def start(self) -> BaseIoc:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        env = base_ioc_environment(os.environ, self.port, free_port())
-        self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.command(),
-            env=env,
-            cwd=self.workdir,
-            stdin=subprocess.PIPE,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def wait_ready(self) -> None:
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                text = self.out_path.read_text(errors="replace")
-                raise RuntimeError(f"base IOC exited with {self.proc.returncode}:\n{text}")
-            return ca_get(self.pv("BGRSCRPT:VERSION"), timeout=0.5) is not None
-
-        wait_for(up, STARTUP_TIMEOUT, f"the EPICS base IOC on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.write(b"exit()\n")
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(2.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        elif self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self._out.close()
-
-    def __enter__(self) -> BaseIoc:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def stop(self, timeout: float = 30.0, *, must_exit: bool = False) -> int:
+        """As :meth:`Ioc.stop`, but a SIGKILL is noted in ``stopped_cleanly`` (and in
+        the report), not raised."""
+        return super().stop(timeout, must_exit=must_exit)
 
 
 # ---- the machine ------------------------------------------------------------
@@ -453,36 +262,12 @@ def machine_info() -> dict[str, str]:
 
 def tagged_processes(tag: str | None = None) -> list[tuple[int, str]]:
     """(pid, command line) of every live process carrying this run's tag, except us."""
-    tag = tag or os.environ[TAG_VAR]
-    needle = f"{TAG_VAR}={tag}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle not in Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"):
-                continue
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        found.append((int(entry.name), cmd.decode(errors="replace").strip()))
-    return found
+    return processes.tagged_processes(TAG_VAR, tag or os.environ[TAG_VAR])
 
 
 def kill_leftovers(grace: float = 3.0) -> list[tuple[int, str]]:
     """SIGKILL what this run started and is still running (after ``grace``); report it."""
-    deadline = time.monotonic() + grace
-    left = tagged_processes()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = tagged_processes()
-    for pid, _ in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return left
+    return processes.kill_tagged(TAG_VAR, os.environ[TAG_VAR], grace)
 
 
 # ---- diagnostics --------------------------------------------------------------

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import psutil
 
-from .common import BaseIoc, BgrIoc, ca_get, median, ratio, shown_path
+from devsupport.epics_base import BaseIoc
+
+from .common import BgrIoc, ca_get, median, ratio, shown_path
 
 SETTLE_S = 3.0
 MEASURE_S = 30.0
@@ -84,7 +86,7 @@ def run(workdir: Path, ioc_port: int, base_port: int, ioc_prefix: str, base_pref
     with ioc:
         assert ioc.proc is not None
         for slot in ("BGRSCRPT_01", "BGRSCRPT_02"):
-            ioc.wait_status(slot, "RUNNING", timeout=20.0)
+            ioc.wait_status("RUNNING", slot, timeout=20.0)
         proc = psutil.Process(ioc.proc.pid)
         time.sleep(SETTLE_S)
         script_pids = set()

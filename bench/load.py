@@ -241,7 +241,7 @@ def run(workdir: Path, port: int, prefix: str) -> dict:
         with ioc:
             assert ioc.proc is not None
             for slot in SLOTS:
-                ioc.wait_status(slot, "RUNNING", timeout=20.0)
+                ioc.wait_status("RUNNING", slot, timeout=20.0)
             proc = psutil.Process(ioc.proc.pid)
             heartbeat = _HeartbeatWatch(ioc.pv("BGRSCRPT:HEARTBEAT"))
             slot_beat = _HeartbeatWatch(ioc.pv("BGRSCRPT_01:HEARTBEAT"))

@@ -28,8 +28,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
-from .common import REPO, fresh_prefix, json_lines_of, median, percentile, ratio, wait_for
+from devsupport.waiting import wait_for
+
+from .common import REPO, fresh_prefix, json_lines_of, median, percentile, ratio
 
 NAME = "plot"
 PORTS = 1  # the simulated instrument
@@ -138,7 +141,7 @@ def frame_cost() -> dict:
     ours = _ours({"1 h": HOUR_SAMPLES, "7 d": WEEK_SAMPLES})
     peer = {label: _peer(n, PEER_FRAMES[label]) for label, n in (("1 h", HOUR_SAMPLES),)}
     peer["7 d"] = _peer(WEEK_SAMPLES, PEER_FRAMES["7 d"])
-    result = {
+    result: dict[str, Any] = {
         "ours_ms": {k: median(x) for k, x in ours.items()},
         "ours_p95_ms": {k: percentile(x, 95) for k, x in ours.items()},
         "ours_max_ms": {k: max(x) for k, x in ours.items()},

@@ -23,7 +23,6 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,24 +30,15 @@ from typing import Any
 
 from caproto.sync.client import write
 
-from bgrscrpt_ioc.epics_base import base_ioc_environment
+from devsupport.epics_base import SimDevice, base_ioc_env, sim_command
+from devsupport.waiting import wait_for
 
-from .common import (
-    DB_TEMPLATES,
-    BgrIoc,
-    free_port,
-    fresh_prefix,
-    median,
-    percentile,
-    wait_for,
-)
+from .common import BgrIoc, fresh_prefix, median, percentile
 
 NAME = "recovery"
 PORTS = 28  # detection: 2; poller: 3; scale: 21; spare: 2
 
-SIM_DB = DB_TEMPLATES / "sim_device.db"
 OK = 1  # the index of OK in a watch's STATE (a time-type monitor gives no labels)
-PROCSERV = "/usr/bin/procServ"
 FAULTS = 15  # detection → restart samples
 BARE = 5  # bare procServ restarts
 POLL_PERIOD = 10.0  # the existing script's poll
@@ -62,17 +52,6 @@ GOAL_SPEEDUP = 50.0
 GOAL_OVERHEAD = 0.10
 GOAL_IDLE_CPU = 2.0
 GOAL_ACT_S = 1.0
-
-
-def _ioc_env(port: int) -> dict[str, str]:
-    return base_ioc_environment(os.environ, port)
-
-
-def _sim_args(prefix: str, devices: list[str]) -> list[str]:
-    args = [sys.executable, "-m", "epicscorelibs.ioc"]
-    for dev in devices:
-        args += ["-m", f"P={prefix},DEV={dev},SCAN=Passive", "-d", str(SIM_DB)]
-    return args
 
 
 class KillRelay:
@@ -122,31 +101,6 @@ class KillRelay:
     def close(self) -> None:
         self._stop = True
         self.server.close()
-
-
-class Target:
-    """The sim device under procServ (auto restart ON, holdoff 15 s as IBEX has it)."""
-
-    def __init__(self, workdir: Path, port: int, prefix: str):
-        self.prefix = prefix
-        self.control_port = free_port()
-        self.out = open(workdir / "target.out", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [PROCSERV, "--foreground", "--quiet", "--holdoff", "15", "--name", "SIM",
-             "--port", f"127.0.0.1:{self.control_port}", *_sim_args(prefix, ["DEV"])],
-            env=_ioc_env(port), stdout=self.out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, 15)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait()
-        self.out.close()
 
 
 def _procserv_keys(port: int, keys: list[tuple[bytes, bytes | None]]) -> float:
@@ -210,7 +164,8 @@ def _detection_and_overhead(workdir: Path, pool: Any) -> dict:
     import epics
 
     prefix = fresh_prefix("RECT")
-    target = Target(workdir, pool.take(), prefix)
+    # Auto restart ON, holdoff 15 s, as IBEX has it.
+    target = SimDevice(workdir, prefix=prefix, port=pool.take(), name="SIM", holdoff=15).start()
     relay = KillRelay(target.control_port)
     value_pv = f"{prefix}DEV:VALUE"
     settings = f"""
@@ -248,8 +203,11 @@ def _detection_and_overhead(workdir: Path, pool: Any) -> dict:
             # its time to find the restarted IOC again.
             with ValueWatcher(value_pv, invalid):
                 write(f"{prefix}DEV:FAULT", 1, notify=True, timeout=5.0, repeater=False)
-                wait_for(lambda i=n_inv, k=n_kill: len(invalid) > i and len(relay.kills) > k,
-                         10, "the kill", every=0.005)  # fmt: skip
+
+                def killed(i: int = n_inv, k: int = n_kill) -> bool:
+                    return len(invalid) > i and len(relay.kills) > k
+
+                wait_for(killed, 10, "the kill", every=0.005)
                 # Only an OK stamped after the fault counts: libca's flow control
                 # (EVENTS_OFF/ON) makes the server resend the current OK, old stamp.
                 fault = invalid[n_inv]
@@ -294,7 +252,7 @@ def _poller(workdir: Path, pool: Any) -> dict:
     prefix = fresh_prefix("POLL")
     port = pool.take()
     proc = subprocess.Popen(
-        _sim_args(prefix, ["DEV"]), env=_ioc_env(port), stdin=subprocess.PIPE,
+        sim_command(prefix, ["DEV"], SCAN="Passive"), env=base_ioc_env(port), stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     value_pv = f"{prefix}DEV:VALUE"
@@ -315,12 +273,17 @@ def _poller(workdir: Path, pool: Any) -> dict:
             # a fresh device: the fault latches until restart, so use another one
             dev = f"DEV{i}"
             proc_i = subprocess.Popen(
-                _sim_args(prefix, [dev]), env=_ioc_env(pool.take()), stdin=subprocess.PIPE,
+                sim_command(prefix, [dev], SCAN="Passive"), env=base_ioc_env(pool.take()),
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
             try:
                 pv = f"{prefix}{dev}:VALUE"
-                wait_for(lambda pv=pv: epics.caget(pv, timeout=0.5) is not None, 30, "a device")
+
+                def serving(pv: str = pv) -> bool:
+                    return epics.caget(pv, timeout=0.5) is not None
+
+                wait_for(serving, 30, "a device")
                 phase = rng.uniform(0, POLL_PERIOD)
                 start = time.monotonic()
                 faulted = None
@@ -339,11 +302,13 @@ def _poller(workdir: Path, pool: Any) -> dict:
             finally:
                 proc_i.kill()
                 proc_i.wait()
-                proc_i.stdin.close()
+                if proc_i.stdin is not None:
+                    proc_i.stdin.close()
     finally:
         proc.kill()
         proc.wait()
-        proc.stdin.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
     return {
         "read_ms_p50": median(reads) * 1e3,
         "model_p50_s": median(model),
@@ -367,7 +332,8 @@ def _scale(workdir: Path, pool: Any) -> dict:
     try:
         for k in range(SCALE_IOCS):
             procs.append(subprocess.Popen(
-                _sim_args(f"{prefix}I{k:02d}:", devices), env=_ioc_env(pool.take()),
+                sim_command(f"{prefix}I{k:02d}:", devices, SCAN="Passive"),
+                env=base_ioc_env(pool.take()),
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,
             ))  # fmt: skip

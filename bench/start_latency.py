@@ -75,7 +75,7 @@ def _via_ioc(ioc: BgrIoc, rx: _Receiver) -> float:
     t0 = time.monotonic()
     epics.caput(ioc.pv(f"{SLOT}:START"), 1, wait=False)
     t1, _pid = rx.receive()
-    ioc.wait_status(SLOT, "EXITED", timeout=15.0)
+    ioc.wait_status("EXITED", SLOT, timeout=15.0)
     return t1 - t0
 
 
@@ -107,7 +107,7 @@ def run(workdir: Path, port: int, prefix: str) -> dict:
     try:
         with ioc:
             # At start-up the IOC starts the script once by itself; let that run end.
-            ioc.wait_status(SLOT, "EXITED", timeout=20.0)
+            ioc.wait_status("EXITED", SLOT, timeout=20.0)
             script = ioc.config_dir / "background_script.py"
             bare_env = dict(os.environ, **env_extra)
             for i in range(WARMUP + REPEATS):

@@ -39,7 +39,9 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, BgrIoc, percentile, ratio, wait_for
+from devsupport.waiting import wait_for
+
+from .common import REPO, BgrIoc, percentile, ratio
 
 NAME = "stopped_client"
 PORTS = 1
@@ -300,7 +302,7 @@ def run(workdir: Path, pool: Any) -> dict:
     }
     with ioc:
         assert ioc.proc is not None
-        ioc.wait_status("BGRSCRPT_01", "RUNNING")
+        ioc.wait_status("RUNNING", "BGRSCRPT_01")
         names = [ioc.pv("BGRSCRPT:HEARTBEAT"), ioc.pv("BGRSCRPT_01:LOG")]
         rss = _RssSampler(ioc.proc.pid)
         rss.start()

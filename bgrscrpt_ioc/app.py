@@ -163,8 +163,8 @@ async def run_ioc(options: IocOptions) -> int:
         done, _ = await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if server in done and not stop_requested.is_set():
-            exc = server.exception()
-            log.error("the Channel Access server stopped: %s", exc)
+            error = server.exception()
+            log.error("the Channel Access server stopped: %s", error)
             return 1
         log.info("shutting down: stopping every script")
         return 0

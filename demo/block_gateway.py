@@ -97,7 +97,8 @@ def alias_blocks(
     for name in names:
         channel = pvdb[f"{prefix}{BLOCK_PREFIX}{name}"]
         fields = getattr(channel, "fields", {})
-        if "EGU" in fields and getattr(channel, "units", ""):
+        units = getattr(channel, "units", "")
+        if "EGU" in fields and units:
             preset_value(fields["EGU"], channel.units)
         upper = name.upper()
         spellings = {name, upper}

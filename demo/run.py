@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 
 from bgrscrpt_ioc.ctl.ca import Client, wait_until
-from bgrscrpt_ioc.epics_base import base_ioc_environment
+from devsupport.epics_base import base_ioc_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "config"
@@ -102,7 +102,10 @@ class Child:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    def returncode(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
+
+    def stop(self, signum: signal.Signals = signal.SIGTERM, timeout: float = 15.0) -> None:
         """``signum`` to the process, SIGKILL to its whole session if it lingers."""
         if self.proc is None:
             return
@@ -298,7 +301,7 @@ class Demo:
             "  bgrscrpt restart 01",
             f"  caput {p}CS:SB:Temp_SP 150       # the sample follows, the plot shows it",
         ]
-        if watch:
+        if self.procserv is not None:
             lines += [
                 f"  caput {p}{FLAKY}:FAULT 1         # the device goes INVALID; watch"
                 f" {FLAKY} restarts it via procServ",
@@ -322,7 +325,7 @@ class Demo:
                 if not child.running() and child.name not in reported:
                     reported.add(child.name)
                     print(
-                        f"{child.name} exited ({child.proc.returncode}):\n{child.tail()}",
+                        f"{child.name} exited ({child.returncode()}):\n{child.tail()}",
                         flush=True,
                     )
 

@@ -72,7 +72,9 @@ class Instrument(PVGroup):
         self.run_period = run_period
         self.sp_period = sp_period
 
-    @temp_sample.startup
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @temp_sample.startup  # type: ignore[no-redef]
     async def temp_sample(self, instance, async_lib):
         await asyncio.gather(self._temperatures(), self._dae())
 

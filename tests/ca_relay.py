@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from bgrscrpt_ioc.epics_base import free_ca_port
+from devsupport.ports import free_ca_port
 
 _HEADER = struct.Struct(">HHHHII")  # command, payload size, data type, count, p1, p2
 _SEARCH = 6

@@ -32,11 +32,15 @@ import json
 import math
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from caproto import AlarmSeverity, AlarmStatus, ChannelType
 from caproto.server import PVGroup, pvproperty, run
 
 from demo import block_gateway as gw
+
+if TYPE_CHECKING:
+    import subprocess
 
 RUN_STATES = ["PROCESSING", "SETUP", "RUNNING", "PAUSED", "WAITING", "VETOING", "ENDING"]
 ENUM_BLOCK_STATES = ["OK", "FAULT"]
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
 
 
 class Simulation:
@@ -227,7 +231,7 @@ class Simulation:
         self.blocks = blocks
         self.moving = moving
         self.dae = dae
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> Simulation:
         import os
@@ -256,12 +260,14 @@ class Simulation:
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
         )
+        stdout = self.proc.stdout
+        assert stdout is not None  # piped
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            selector.register(stdout, selectors.EVENT_READ)
             while time.monotonic() < deadline:
                 if selector.select(max(0.0, deadline - time.monotonic())):
-                    line = self.proc.stdout.readline()
+                    line = stdout.readline()
                     if line.strip() == b"ready":
                         return self
                     if not line:

@@ -16,11 +16,22 @@ from bgrscrpt_ioc import app
 from bgrscrpt_ioc.cli import main
 
 
-async def _stock_serve(pvdb: dict[str, Any], interfaces: list[str], **_: Any) -> None:
-    await start_server(pvdb, interfaces=interfaces)
+class _StockContext:
+    """In place of :class:`bgrscrpt_ioc.ca.server.IocContext`: caproto's own server
+    context, which claims its ports when it runs."""
+
+    def __init__(self, pvdb: dict[str, Any], interfaces: list[str]):
+        self.pvdb = pvdb
+        self.interfaces = interfaces
+
+    async def claim_ports(self) -> None:
+        pass
+
+    async def run(self) -> None:
+        await start_server(self.pvdb, interfaces=self.interfaces)
 
 
-app.serve = _stock_serve  # type: ignore[assignment]
+app.IocContext = _StockContext  # type: ignore[misc,assignment]  # replaced for this process
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,6 @@ Every process started is stopped before the end.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from devsupport.ca_env import point_ca_at  # noqa: E402 - found through the path above
+from devsupport.ports import free_ca_port  # noqa: E402
 
 PERIOD = 1200.0  # seconds per wave: an hour shows three
 PREFIX = "SHOT:"
@@ -38,36 +40,16 @@ while True:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def main() -> int:
     output = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "docs" / "plot.png")
     output.parent.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    os.environ.update(
-        EPICS_CA_ADDR_LIST=f"127.0.0.1:{port}",
-        EPICS_CA_AUTO_ADDR_LIST="NO",
-        EPICS_CAS_BEACON_ADDR_LIST="127.255.255.255",
-        EPICS_CAS_AUTO_BEACON_ADDR_LIST="NO",
-    )
+    port = free_ca_port()
+    point_ca_at([port])
     from playwright.sync_api import sync_playwright
 
     from bgrscrpt_ioc.plot import autosave
     from bgrscrpt_ioc.supervisor.env import kit_root, script_environment
+    from devsupport.waiting import wait_for
     from tests.browser import chromium_path
     from tests.sim_instrument import Simulation, block_value
 

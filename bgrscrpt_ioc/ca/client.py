@@ -210,6 +210,8 @@ class CallbackRunner:
 class VirtualCircuitManager(_stock.VirtualCircuitManager):
     """A circuit whose end, however it comes, sends its PVs back to the search."""
 
+    user_callback_executor: Any  # caproto's, replaced by a CallbackRunner in __init__
+
     def __init__(self, context: Context, circuit: ca.VirtualCircuit, timeout: Any = None):
         if timeout is None:
             timeout = _stock.common.GLOBAL_DEFAULT_TIMEOUT

@@ -331,7 +331,7 @@ def _describe(metadata: Any, info: FieldInfo, request: Request, encoding: str) -
         metadata.precision = info.precision
     for attribute, kind, index in _LIMITS:
         if hasattr(metadata, attribute):
-            limit = limit_as(getattr(info, kind)[index], request)
+            limit: int | float | str | bytes = limit_as(getattr(info, kind)[index], request)
             if request == Request.CHAR:
                 limit = bytes([int(limit)])  # caproto declares CHAR limits as c_char
             setattr(metadata, attribute, limit)

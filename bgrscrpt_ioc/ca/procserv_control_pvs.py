@@ -143,19 +143,21 @@ class ProcServControlPVs(PVGroup):
 
     # ---- puts ----------------------------------------------------------------------
 
-    @start.putter
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @start.putter  # type: ignore[no-redef]
     async def start(self, instance: Any, value: str) -> NoReturn:
         _command(value, self.controller.start)
 
-    @stop.putter
+    @stop.putter  # type: ignore[no-redef]
     async def stop(self, instance: Any, value: str) -> NoReturn:
         _command(value, self.controller.stop)
 
-    @restart.putter
+    @restart.putter  # type: ignore[no-redef]
     async def restart(self, instance: Any, value: str) -> NoReturn:
         _command(value, self.controller.restart)
 
-    @toggle.putter
+    @toggle.putter  # type: ignore[no-redef]
     async def toggle(self, instance: Any, value: str) -> NoReturn:
         _command(value, self._toggle)
 

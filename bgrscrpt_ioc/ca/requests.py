@@ -53,10 +53,16 @@ READ_SIZE = 16384
 """Bytes read from a client at a time (EPICS base's MAX_TCP): what bounds its request backlog."""
 TURN_BUDGET = 0.005
 """Seconds of a client's requests carried out before the event loop runs the rest."""
+
+
+def _is_message_class(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, ca.Message)
+
+
 REQUESTS = frozenset(
     cls.ID
     for name, cls in vars(ca).items()
-    if isinstance(cls, type) and issubclass(cls, ca.Message) and name.endswith("Request")
+    if _is_message_class(cls) and name.endswith("Request")
     if cls.ID is not None
 )
 """The command ids a client may send."""
@@ -71,7 +77,21 @@ _TYPED_REQUESTS = (
 )
 
 
-class RequestHandling:
+if TYPE_CHECKING:
+
+    class _CaprotoCircuit:
+        """What caproto's asyncio server circuit, next in the MRO, gives the mixin."""
+
+        async def send(self, *commands: Any) -> None: ...
+        async def _process_command(self, command: Any) -> list[Any]: ...
+        def _get_ids_from_command(self, command: Any) -> tuple[int, int]: ...
+        def _get_db_entry_from_command(self, command: Any) -> tuple[Any, Any]: ...
+
+else:
+    _CaprotoCircuit = object
+
+
+class RequestHandling(_CaprotoCircuit):
     """The request side of :class:`~bgrscrpt_ioc.ca.circuit.FlowCircuit` (a mixin).
 
     Uses the circuit's ``client``, ``circuit``, ``context`` (its ``limits``),
@@ -209,7 +229,7 @@ class RequestHandling:
         if command is ca.DISCONNECTED:
             raise DisconnectedCircuit()
         try:
-            return await self._process_command(command)  # type: ignore[no-any-return]
+            return await self._process_command(command)
         except DisconnectedCircuit:
             raise
         except Exception as exc:
@@ -242,7 +262,7 @@ class RequestHandling:
             cid, _ = self._get_ids_from_command(command)
         except Exception:  # an id the client never had
             return None
-        return cid  # type: ignore[no-any-return]
+        return cid
 
     def _name_of(self, command: Any) -> str:
         try:
@@ -283,7 +303,7 @@ class RequestHandling:
             try:
                 response = await super()._process_command(command)
                 self._live_ids.add(command.subscriptionid)
-                return response  # type: ignore[no-any-return]
+                return response
             except Exception:
                 # caproto records the subscription before its first read: a failed
                 # read must not leave it there, failing every publication after.
@@ -291,7 +311,7 @@ class RequestHandling:
                     None, lambda sub: sub.subscriptionid == command.subscriptionid
                 )
                 raise
-        return await super()._process_command(command)  # type: ignore[no-any-return]
+        return await super()._process_command(command)
 
     async def _write(self, command: Any) -> list[Any]:
         """A put, carried out now; its reply goes out ahead of the updates it causes."""

@@ -26,7 +26,7 @@ __all__ = ["SlotController", "SlotPVs", "SlotView", "char_waveform_text"]
 
 NO_YES = ("No", "Yes")
 STATUS_LABELS = tuple(state.name for state in SlotState)
-STATUS_SEVERITY = {
+STATUS_SEVERITY: dict[int, AlarmSeverity] = {
     SlotState.BACKOFF: AlarmSeverity.MINOR_ALARM,
     SlotState.FATAL: AlarmSeverity.MAJOR_ALARM,
 }
@@ -137,26 +137,28 @@ class SlotPVs(ViewGroup):
 
     # ---- puts --------------------------------------------------------------
 
-    @start.putter
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @start.putter  # type: ignore[no-redef]
     async def start(self, instance: Any, value: str) -> str:
         return _run_command(value, self.controller.start)
 
-    @stop.putter
+    @stop.putter  # type: ignore[no-redef]
     async def stop(self, instance: Any, value: str) -> str:
         return _run_command(value, self.controller.stop)
 
-    @restart.putter
+    @restart.putter  # type: ignore[no-redef]
     async def restart(self, instance: Any, value: str) -> str:
         return _run_command(value, self.controller.restart)
 
-    @autorestart.putter
+    @autorestart.putter  # type: ignore[no-redef]
     async def autorestart(self, instance: Any, value: str) -> str:
         mode = AUTORESTART_LABELS.index(value)  # CheckedEnum passes only known labels
         self.controller.set_autorestart(mode)
         self.shown_put("autorestart", mode)
         return value
 
-    @watchdog.putter
+    @watchdog.putter  # type: ignore[no-redef]
     async def watchdog(self, instance: Any, value: Any) -> float:
         seconds = _watchdog_seconds(value)
         self.controller.set_watchdog(seconds)

@@ -24,7 +24,7 @@ WATCH_GROUP = "BGRSCRPT:WATCH"
 """Watch PVs live under ``f"{prefix}{WATCH_GROUP}:<name>:"``; DRYRUN, NAMES under ``…:WATCH:``."""
 
 STATE_LABELS = tuple(state.name for state in WatchState)
-STATE_SEVERITY = {
+STATE_SEVERITY: dict[int, AlarmSeverity] = {
     WatchState.FAILED: AlarmSeverity.MINOR_ALARM,
     WatchState.LOCKOUT: AlarmSeverity.MAJOR_ALARM,
 }
@@ -93,13 +93,15 @@ class WatchPVs(ViewGroup):
         self.controller = controller
         super().__init__(prefix, view)
 
-    @enable.putter
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @enable.putter  # type: ignore[no-redef]
     async def enable(self, instance: Any, value: str) -> str:
         self.controller.set_enabled(value == "On")  # a ValueError rejects the put
         self.shown_put("enable", value == "On")
         return value
 
-    @restart.putter
+    @restart.putter  # type: ignore[no-redef]
     async def restart(self, instance: Any, value: str) -> str:
         if value == "On":
             self.controller.restart_now()
@@ -153,7 +155,9 @@ class WatchIocPVs(BasePVGroup):
         preset_value(self.dryrun, OFF_ON[bool(dry_run)])
         preset_value(self.names, names_text(names))
 
-    @dryrun.putter
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @dryrun.putter  # type: ignore[no-redef]
     async def dryrun(self, instance: Any, value: str) -> str:
         self.controller.set_dry_run(value == "On")
         return value

@@ -50,7 +50,7 @@ def _decode(pv: PV, data: Any) -> Any:
     value = data[0] if len(data) else None
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if hasattr(value, "item"):
+    if value is not None and hasattr(value, "item"):
         return value.item()
     return value
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -127,7 +128,7 @@ class Writer:
     def __init__(self, path: Path, warn):
         self.path = path
         self._warn = warn
-        self._stream = None
+        self._stream: TextIO | None = None
         self._failed = False
 
     def start(self, run_number: object, labels: Sequence[str]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends import backend_agg
@@ -31,7 +31,7 @@ class LiveCanvas(core.FigureCanvasWebAggCore):
     plot: BlockPlot | None = None
     _background = None
     _background_key: tuple | None = None
-    _settled = None  # (region, points, x, y): layer 2 and the data it shows
+    _settled: tuple[Any, int, np.ndarray, np.ndarray] | None = None  # layer 2 and its data
     _live = None  # the part of the canvas layers 2 and 3 draw on: the axes, padded
 
     def draw(self):

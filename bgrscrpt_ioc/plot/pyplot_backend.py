@@ -34,7 +34,7 @@ import tornado.web
 import tornado.websocket
 from matplotlib import _api
 from matplotlib._pylab_helpers import Gcf
-from matplotlib.backend_bases import _Backend
+from matplotlib.backend_bases import FigureManagerBase, _Backend
 from matplotlib.backends import backend_webagg_core as core
 
 from bgrscrpt_ioc.plot.server import PlotServer, first_plot_port
@@ -54,7 +54,7 @@ _is_primary = True
 _lock = threading.RLock()  # renders and frames: from script threads and the server's loop
 _server: PlotServer | None = None
 _server_lock = threading.Lock()
-_draw_pending: set[int] = set()
+_draw_pending: set[int | str] = set()
 
 
 def set_up_plot_default(
@@ -156,7 +156,8 @@ class FigureCanvas(core.FigureCanvasWebAggCore):
 
 
 class FigureManager(core.FigureManagerWebAgg):
-    _toolbar2_class = core.NavigationToolbar2WebAgg
+    # matplotlib declares it None (for ipympl) and reads a subclass's toolbar class here.
+    _toolbar2_class = core.NavigationToolbar2WebAgg  # type: ignore[assignment]
 
     def refresh_all(self) -> None:
         with _lock:
@@ -329,18 +330,21 @@ class _BackendScripts(_Backend):
     FigureManager = FigureManager
 
     @classmethod
-    def new_figure_manager(cls, num: int, *args: Any, **kwargs: Any) -> FigureManager:
+    def new_figure_manager(cls, num: int | str, *args: Any, **kwargs: Any) -> FigureManagerBase:
         with _lock:
-            for number in list(figure_numbers):
-                if number not in Gcf.figs:
-                    figure_numbers.remove(number)
-            figure_numbers.append(num)
-            if len(figure_numbers) > max_number_of_figures:
-                oldest = figure_numbers.pop(0)
-                Gcf.destroy(oldest)
-                print(
-                    f"There are too many figures so deleted the oldest figure, which was {oldest}."
-                )
+            # pyplot numbers every figure (a str given to figure() is its label).
+            if isinstance(num, int):
+                for number in list(figure_numbers):
+                    if number not in Gcf.figs:
+                        figure_numbers.remove(number)
+                figure_numbers.append(num)
+                if len(figure_numbers) > max_number_of_figures:
+                    oldest = figure_numbers.pop(0)
+                    Gcf.destroy(oldest)
+                    print(
+                        "There are too many figures so deleted the oldest figure, "
+                        f"which was {oldest}."
+                    )
             return super().new_figure_manager(num, *args, **kwargs)
 
     @classmethod

@@ -49,7 +49,9 @@ _servers_lock = threading.Lock()
 class Served(Protocol):
     """What the server shows: a WebAgg figure manager, a title and PNG snapshots."""
 
-    manager: core.FigureManagerWebAgg
+    @property
+    def manager(self) -> core.FigureManagerWebAgg: ...
+
     title: str
 
     def snapshot(self, fmt: str) -> bytes: ...
@@ -63,7 +65,8 @@ class Toolbar(core.NavigationToolbar2WebAgg):
 
 
 class FigureManager(core.FigureManagerWebAgg):
-    _toolbar2_class = Toolbar
+    # matplotlib declares it None (for ipympl) and reads a subclass's toolbar class here.
+    _toolbar2_class = Toolbar  # type: ignore[assignment]
     ToolbarCls = Toolbar
 
 

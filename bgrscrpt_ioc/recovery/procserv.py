@@ -132,9 +132,9 @@ class _Session:
                 enabled = kill_enabled(line)
                 if enabled is not None:
                     self.kill_enabled = enabled
-                event = parse_line(line)
-                if event is not None:
-                    self.events.append(event)
+                parsed = parse_line(line)
+                if parsed is not None:
+                    self.events.append(parsed)
 
 
 async def _connect(endpoint: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -15,7 +15,7 @@ import time
 try:
     from .proctree import signal_all, stop_and_kill
 except ImportError:  # the keeper's copy: imported as a top-level module, next to proctree
-    from proctree import signal_all, stop_and_kill  # type: ignore[no-redef]
+    from proctree import signal_all, stop_and_kill  # type: ignore[no-redef, import-not-found]
 
 _EMPTY_TIMEOUT = 2.0
 

@@ -52,8 +52,8 @@ from typing import Any
 
 if __name__ == "__main__":  # run as a program: find the sibling modules
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import cgroups
-    import proctree
+    import cgroups  # type: ignore[import-not-found]  # top-level here, found through the path
+    import proctree  # type: ignore[import-not-found]
 else:  # imported by the IOC for its constants
     from . import cgroups, proctree
 

@@ -56,11 +56,13 @@ class ProcServControl(PVGroup):
             self.proc.kill()
             await self.proc.wait()
 
-    @status.startup
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @status.startup  # type: ignore[no-redef]
     async def status(self, instance, async_lib):
         await self.launch()
 
-    @restart.putter
+    @restart.putter  # type: ignore[no-redef]
     async def restart(self, instance, value):
         if value:
             await self.status.write("Shutdown")

@@ -348,9 +348,11 @@ def test_ioc_shuts_down_promptly_with_streaming_subscribers(make_ioc, config_dir
 def wait_for_line(proc: subprocess.Popen, text: str, timeout: float) -> bool:
     """Read ``proc``'s stdout lines until one equals ``text``; False on EOF or timeout."""
     found = threading.Event()
+    stdout = proc.stdout
+    assert stdout is not None, "wait_for_line needs stdout=PIPE"
 
     def read() -> None:
-        for line in proc.stdout:
+        for line in stdout:
             if line.strip() == text:
                 found.set()
                 return

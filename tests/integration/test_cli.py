@@ -18,7 +18,7 @@ from pathlib import Path
 import epics
 import pytest
 
-from tests.conftest import _free_port
+from devsupport.ports import free_ca_port as _free_port
 from tests.integration.conftest import write_script
 from tests.integration.harness import Ioc, process_gone, wait_for
 

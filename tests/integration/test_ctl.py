@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from epics import dbr
 
-from tests.conftest import _free_port
+from devsupport.ports import free_ca_port as _free_port
 from tests.integration.conftest import write_script
 from tests.integration.harness import Ioc, wait_for
 
@@ -150,6 +150,7 @@ def test_log_and_follow(two_slots: Ioc):
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    assert follower.stdout is not None and follower.stderr is not None  # both piped
     lines = read_lines(follower.stdout)
     try:
         numbers: list[int] = []
@@ -251,6 +252,7 @@ def test_colour_on_a_terminal_only(two_slots: Ioc):
             stdin=subprocess.DEVNULL,
             env={**os.environ, "TERM": "xterm"},
         )
+        assert proc.stderr is not None  # piped
         os.close(slave)
         slave = -1
         output = b""
@@ -359,8 +361,8 @@ def test_status_lists_the_watches_of_a_remote_ioc(make_ioc, prefix):
 @pytest.mark.skipif(shutil.which("procServ") is None, reason="procServ is not installed")
 @pytest.mark.timeout(180)
 def test_watch_commands(make_ioc, config_dir: Path, tmp_path: Path, port_pool, prefix):
+    from devsupport.epics_base import SimDevice
     from tests.integration.conftest import FAST_SETTINGS
-    from tests.integration.watch_targets import SimDevice
 
     sim = SimDevice(tmp_path, prefix=prefix, port=port_pool.take(), name="SIM_01").start()
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import epics
 import pytest
 
-from tests.conftest import _free_port
+from devsupport.ports import free_ca_port as _free_port
 from tests.integration.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +47,14 @@ class DemoProcess:
             text=True,
             start_new_session=True,
         )
+        assert self.proc.stdout is not None  # piped
+        self.stdout = self.proc.stdout
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
-        for line in self.proc.stdout:
+        for line in self.stdout:
             self.lines.put(line)
         self.lines.put(None)
 
@@ -78,14 +80,14 @@ class DemoProcess:
         status = self.proc.wait(timeout)
         while (line := self.lines.get(timeout=10)) is not None:
             self.output.append(line)
-        self.proc.stdout.close()
+        self.stdout.close()
         return status
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-            self.proc.stdout.close()
+            self.stdout.close()
 
 
 def caget(name: str, **kw):
@@ -107,15 +109,20 @@ def test_demo_runs_recovers_and_stops_cleanly(port_pool, prefix, test_tag, tmp_p
     try:
         demo.wait_line(READY, 120)
         text = demo.text()
-        plot_url = re.search(r"live plot \(BGRSCRPT_01\): (http://\S+)", text).group(1)
+        found = re.search(r"live plot \(BGRSCRPT_01\): (http://\S+)", text)
+        assert found, text
+        plot_url = found.group(1)
         assert "Not running" not in text
         assert f"{prefix}BGRSCRPT:WATCH:FLAKY_01:STATE" in text
 
         # Channel Access: the slots, the simulated blocks, the DAE and the watch.
         assert caget(f"{prefix}BGRSCRPT_01:PLOT_URL", as_string=True) == plot_url
         for slot in ("BGRSCRPT_01", "BGRSCRPT_02"):
-            wait_for(lambda s=slot: caget(f"{prefix}{s}:STATUS", as_string=True) == "RUNNING",
-                     30, f"{slot} RUNNING")  # fmt: skip
+
+            def running(s: str = slot) -> bool:
+                return bool(caget(f"{prefix}{s}:STATUS", as_string=True) == "RUNNING")
+
+            wait_for(running, 30, f"{slot} RUNNING")
         assert abs(caget(f"{prefix}CS:SB:Temp_Sample") - caget(f"{prefix}CS:SB:Temp_SP")) < 5
         run = caget(f"{prefix}DAE:RUNNUMBER", as_string=True)
         watch = f"{prefix}BGRSCRPT:WATCH:FLAKY_01:"

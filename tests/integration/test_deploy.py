@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port
+from devsupport.epics_base import procserv_greeting
+from devsupport.ports import free_ca_port as _free_port
 from tests.integration.conftest import write_script
 from tests.integration.harness import process_gone, wait_for
 
@@ -89,23 +90,8 @@ class ProcServedIoc:
         return self
 
     def greeting(self, key: bytes = b"") -> str:
-        """What procServ tells a console on connecting: the child's PID and modes.
-
-        ``key``, typed once the greeting is complete (procServ ignores what
-        arrives before), and procServ's first answer to it.
-        """
-        with socket.create_connection(("127.0.0.1", self.control), timeout=5) as sock:
-            sock.settimeout(5)
-            data = b""
-            while b"connected (plus you)" not in data:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            if key:
-                sock.sendall(key)
-                data += sock.recv(4096)
-        return data.decode(errors="replace")
+        """What procServ tells a console on connecting (and its answer to ``key``)."""
+        return procserv_greeting(f"127.0.0.1:{self.control}", key)
 
     def child_pid(self) -> int | None:
         match = re.search(r'@@@ Child "[^"]*" PID: (\d+)', self.greeting())
@@ -132,7 +118,9 @@ class ProcServedIoc:
 
     def wait_serving(self) -> None:
         def up() -> bool:
-            assert self.proc.poll() is None, (self.log_dir.parent / "procserv.out").read_text()
+            assert self.proc is not None and self.proc.poll() is None, (
+                self.log_dir.parent / "procserv.out"
+            ).read_text()
             return self.get("BGRSCRPT_01:STATUS") == "RUNNING"
 
         wait_for(up, 40, "the IOC under procServ to run its script")

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 import psutil
 
+from devsupport.ports import free_loopback_port
 from tests.integration.beat import Heartbeat
 from tests.integration.harness import wait_for
-from tests.integration.watch_targets import free_tcp_port
 
 
 def _watch(prefix: str, endpoint: str, **extra: object) -> str:
@@ -36,7 +36,7 @@ def watch_msg(ioc) -> str:
 def test_lockout_names_the_last_failure_and_the_way_out_also_after_a_restart(
     make_ioc, prefix, port_pool
 ):
-    endpoint = f"127.0.0.1:{free_tcp_port()}"  # nothing listens: procServ refuses
+    endpoint = f"127.0.0.1:{free_loopback_port()}"  # nothing listens: procServ refuses
     settings = _watch(prefix, endpoint, max_restarts=1, backoff=0)
     ioc = make_ioc(settings, slots=1).start()
     expected = (

@@ -194,7 +194,7 @@ CALLS = [
 ]
 
 
-def run_probe(prefix: str, port: int, ours: bool) -> list[dict]:
+def run_probe(prefix: str, port: int, ours: bool) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPICS_CA")}
     env.update(
         EPICS_CA_AUTO_ADDR_LIST="NO",

@@ -20,7 +20,7 @@ from pathlib import Path
 import epics
 import pytest
 
-from bgrscrpt_ioc.epics_base import free_ca_port
+from devsupport.ports import free_ca_port
 from tests.integration.conftest import write_script
 from tests.integration.harness import wait_for
 from tests.sim_instrument import Simulation

@@ -24,12 +24,12 @@ from caproto.threading import client as threading_client
 
 from bgrscrpt_ioc.ca.threading_client import Context as ThreadingContext
 from bgrscrpt_ioc.plot.sampler import Monitors
+from devsupport.epics_base import SimDevice
 from tests.ca_relay import CaRelay
 from tests.integration.conftest import write_script
 from tests.integration.harness import wait_for
 from tests.integration.test_ctl import next_line, read_lines
 from tests.integration.test_watch_procserv import msg, wait_alarm, wait_state, watch_settings
-from tests.integration.watch_targets import SimDevice
 
 CONN_TMO = 2.0
 # caproto declares a silent server unresponsive CONN_TMO + 1 s after it last heard
@@ -179,6 +179,7 @@ def test_log_follow_reports_the_outage_and_resumes(make_ioc, config_dir: Path, r
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    assert follower.stdout is not None and follower.stderr is not None  # both piped
     out, err = read_lines(follower.stdout), read_lines(follower.stderr)
     numbers: list[int] = []
 

@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from bgrscrpt_ioc.epics_base import base_ioc_environment, free_loopback_port
+from devsupport.epics_base import base_ioc_environment
+from devsupport.ports import free_loopback_port
 from tests.integration.conftest import write_script
 from tests.integration.harness import wait_for
 
@@ -155,7 +156,7 @@ print(" ".join(str(epics.caget(n, timeout=5)) for n in names))
         }
         names = [ioc.pv("BGRSCRPT:UPTIME"), f"{prefix}BASE:AI"]
 
-        def both() -> str:
+        def both() -> list[str]:
             run = subprocess.run(
                 [sys.executable, "-c", code, *names],
                 env=client_env,
@@ -164,7 +165,7 @@ print(" ".join(str(epics.caget(n, timeout=5)) for n in names))
                 timeout=30,
             )
             values = run.stdout.split()
-            return values if len(values) == 2 and "None" not in values else ""
+            return values if len(values) == 2 and "None" not in values else []
 
         values = wait_for(both, 30, "both IOCs found by broadcast")
         assert float(values[1]) == 1.5

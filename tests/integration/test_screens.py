@@ -55,7 +55,7 @@ def references(path: Path) -> list[str]:
         names = [e.text for e in root.iter("pv_name")]
         names += [e.text for rule in root.iter("rule") for e in rule.iter("pv")]
     assert all(names), f"{path.name}: an empty PV name"
-    return [name.strip() for name in names]
+    return [name.strip() for name in names if name is not None]
 
 
 def expand(name: str, macros: dict[str, str]) -> str:

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
+from devsupport.epics_base import SimDevice
 from tests.integration.harness import wait_for
-from tests.integration.watch_targets import SimDevice
 
 T = 60.0  # generous: two cores shared with other test runs
 
@@ -152,10 +152,10 @@ def test_incurable_fault_locks_out_survives_an_ioc_restart_and_enable_clears(
 
 
 def test_unreachable_procserv_is_failed_with_a_clear_msg_and_retried(make_ioc, sims, test_tag):
-    from tests.integration.watch_targets import free_tcp_port
+    from devsupport.ports import free_loopback_port
 
     sim = sims(procserv=False, FAULTED="1")
-    sim.control = f"127.0.0.1:{free_tcp_port()}"  # nobody listens there
+    sim.control = f"127.0.0.1:{free_loopback_port()}"  # nobody listens there
     ioc = make_ioc(watch_settings(sim, backoff=0.5, max_restarts=10)).start()
     wait_state(ioc, "FAILED")
     assert f"procServ at {sim.control} refused the connection" in msg(ioc)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bgrscrpt_ioc.recovery.procserv import ProcServError, restart
-from tests.integration.watch_targets import free_tcp_port
+from devsupport.ports import free_loopback_port
 
 GREETING = (
     b"@@@ Welcome to procServ (procServ Process Server 2.7.0)\r\n"
@@ -34,7 +34,7 @@ async def control_port(handler):
 
 
 async def test_refused():
-    endpoint = f"127.0.0.1:{free_tcp_port()}"
+    endpoint = f"127.0.0.1:{free_loopback_port()}"
     with pytest.raises(ProcServError, match=f"procServ at {endpoint} refused the connection"):
         await restart(endpoint)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import epics
 import pytest
 
+from devsupport.epics_base import base_ioc_env, sim_command
 from tests.integration.conftest import write_script
 from tests.integration.harness import wait_for
-from tests.integration.watch_targets import base_ioc_env, sim_command
 
 HERE = Path(__file__).resolve().parent
 T = 60.0

@@ -28,7 +28,7 @@ import pytest
 from caproto.asyncio.server import Context as StockContext
 
 from bgrscrpt_ioc.ca.server import FlowContext
-from bgrscrpt_ioc.epics_base import free_ca_port
+from devsupport.ports import free_ca_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STOCK = os.environ.get("BGRSCRPT_STOCK_CAPROTO") == "1"

@@ -33,8 +33,8 @@ from caproto.threading import client as stock_threading
 
 from bgrscrpt_ioc.ca import client as fixed_asyncio
 from bgrscrpt_ioc.ca import threading_client as fixed_threading
-from bgrscrpt_ioc.epics_base import free_ca_port
 from bgrscrpt_ioc.recovery.monitor import PvMonitor, PvUpdate
+from devsupport.ports import free_ca_port
 from tests.ca_relay import CaRelay
 
 STOCK = os.environ.get("BGRSCRPT_STOCK_CAPROTO") == "1"
@@ -49,7 +49,9 @@ class Device(PVGroup):
     value = pvproperty(value=1.0, name="VALUE")
     refuse = pvproperty(value=0, name="REFUSE")
 
-    @refuse.putter
+    # caproto's pattern: a putter or startup hook takes its pvproperty's name (the
+    # decorator returns the property), which mypy reads as a redefinition.
+    @refuse.putter  # type: ignore[no-redef]
     async def refuse(self, instance: Any, value: Any) -> Any:
         raise ValueError("refused by the device")
 

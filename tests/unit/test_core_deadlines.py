@@ -15,6 +15,7 @@ import copy
 import math
 import random
 from signal import SIGKILL, SIGTERM
+from typing import Any
 
 import pytest
 
@@ -69,7 +70,7 @@ PV, OTHER = "DEV:VALUE", "DEV:OTHER"
 
 
 def _policy(**kw: object) -> WatchPolicy:
-    base = dict(
+    base: dict[str, Any] = dict(
         delay=10.0,
         verify_timeout=30.0,
         max_restarts=3,
@@ -79,7 +80,7 @@ def _policy(**kw: object) -> WatchPolicy:
         connect_grace=5.0,
     )
     base.update(kw)
-    return WatchPolicy(**base)  # type: ignore[arg-type]
+    return WatchPolicy(**base)
 
 
 def _watch(policy: WatchPolicy, pvs=(PV,), **kw: object) -> WatchCore:

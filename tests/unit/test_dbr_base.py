@@ -26,7 +26,8 @@ from bgrscrpt_ioc.ca.pvdb import build_pvdb
 from bgrscrpt_ioc.ca.server import IocContext
 from bgrscrpt_ioc.ca.slot_pvs import TEXT_LIMITS, SlotView, char_waveform_text
 from bgrscrpt_ioc.ca.watch_pvs import MSG_LIMIT, WatchView, build_watch_pvs, names_text
-from bgrscrpt_ioc.epics_base import base_ioc_environment, free_ca_port, free_loopback_port
+from devsupport.epics_base import base_ioc_environment
+from devsupport.ports import free_ca_port, free_loopback_port
 from tests.unit.ca_server import run_client, serving
 
 pytest.importorskip("epicscorelibs")

@@ -21,7 +21,8 @@ import pytest
 from bgrscrpt_ioc.supervisor import proctree
 from bgrscrpt_ioc.supervisor.env import compat_site_dir
 from bgrscrpt_ioc.supervisor.guardian import Guardian, KeeperConfig
-from tests.unit.processes import TIMEOUT, gone, wait_gone
+from devsupport.processes import WAIT_TIMEOUT as TIMEOUT
+from devsupport.processes import process_gone, wait_gone
 
 PY = sys.executable
 UNIFIED = Path("/sys/fs/cgroup/unified")
@@ -192,7 +193,7 @@ async def test_close_ends_the_keeper_and_whatever_is_left(test_cgroup):
         assert keeper is not None
         guardian.close()
         await wait_gone(keeper)
-        assert gone(pid)
+        assert process_gone(pid)
         assert guardian.pid is None
         assert config.base is not None and not Path(config.base).exists()
         guardian.close()  # idempotent
@@ -377,7 +378,7 @@ async def test_a_stopped_keeper_is_replaced_when_it_does_not_answer(strays):
         await asyncio.wait_for(exited.wait(), TIMEOUT)
         assert codes == [-signal.SIGKILL]
         await wait_gone(pid)
-        assert gone(old)
+        assert process_gone(old)
         assert guardian.pid not in (None, old)
     finally:
         os.close(read_fd)
@@ -512,7 +513,7 @@ async def test_an_exit_heard_with_the_spawn_reply_is_delivered_after_spawn_retur
         # keeper's messages wait in the socket for one read.
         pid = int(_read_line_blocking(read_fd))
         deadline = time.monotonic() + TIMEOUT
-        while not gone(pid) and time.monotonic() < deadline:
+        while not process_gone(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(0.2)  # the keeper's 'exited' follows the reap by microseconds
         assert await asyncio.wait_for(task, TIMEOUT) == pid

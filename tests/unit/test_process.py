@@ -20,7 +20,8 @@ import pytest
 from bgrscrpt_ioc.supervisor.env import compat_site_dir
 from bgrscrpt_ioc.supervisor.guardian import Guardian, KeeperConfig
 from bgrscrpt_ioc.supervisor.process import ScriptProcess
-from tests.unit.processes import TIMEOUT, gone, wait_gone
+from devsupport.processes import WAIT_TIMEOUT as TIMEOUT
+from devsupport.processes import process_gone, wait_gone
 
 PY = sys.executable
 
@@ -157,7 +158,7 @@ async def test_signals_reach_every_process_of_the_slot_in_any_session(runs):
 
     run.proc.signal_all(signal.SIGTERM)
     await run.expect(b"TERM ignored")  # delivered, and ignored, as the script wants
-    assert not run.exited.is_set() and not gone(escaped)
+    assert not run.exited.is_set() and not process_gone(escaped)
 
     run.proc.signal_all(signal.SIGKILL)
     assert await run.wait_exit() == -signal.SIGKILL

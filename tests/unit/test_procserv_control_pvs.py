@@ -9,11 +9,11 @@ import pytest
 from caproto import AlarmSeverity, ChannelType
 
 from bgrscrpt_ioc.ca.channels import READONLY_ASG, is_read_only
-from bgrscrpt_ioc.ca.dbparse import parse_file
 from bgrscrpt_ioc.ca.procserv_control_pvs import ProcServControlPVs, SlotAndProcServ
 from bgrscrpt_ioc.ca.pvdb import build_pvdb, pv_names
 from bgrscrpt_ioc.ca.slot_pvs import SlotView
 from bgrscrpt_ioc.core.slot import SlotState
+from devsupport.dbparse import parse_file
 from tests.unit.test_templates import CA_TYPE, _same, enum_strings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import textwrap
 
-from bgrscrpt_ioc.epics_base import free_ca_port
 from bgrscrpt_ioc.supervisor.env import compat_site_dir
+from devsupport.ports import free_ca_port
 
 SCENARIO = """
 import asyncio, json, os, urllib.request

@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,7 +159,7 @@ def test_kit_root_holds_the_shim():
 
 
 def env_for(base: dict[str, str], **overrides) -> dict[str, str]:
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         slot="BGRSCRPT_02",
         config_dir=Path("/cfg"),
         var_dir=Path("/var/bg"),

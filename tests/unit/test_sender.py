@@ -68,12 +68,17 @@ def build(item: tuple[str, int]) -> bytes:
 
 def make(transport: FakeTransport, seconds: float = 30.0, max_bytes: int = 10**6, **kw):
     slow: list[str] = []
+
+    def on_slow(reason: str) -> None:
+        slow.append(reason)
+        transport.close()
+
     sender = CoalescingSender(
         transport,
         transport.drain,
         kw.pop("build", build),
         bound=SlowClientBound(seconds=seconds, max_bytes=max_bytes),
-        on_slow=lambda reason: (slow.append(reason), transport.close()),
+        on_slow=on_slow,
         high_water=HIGH,
         chunk=kw.pop("chunk", 1),
     )

@@ -158,14 +158,14 @@ def runs(settings: Settings, config_dir: Path) -> None:
         assert len(os.fsencode(str(slot.script))) <= 1023
         assert slot.log_max_bytes >= 1024 and 0 <= slot.log_backups <= 1000
     for watch in settings.watches:
-        core = WatchCore(watch.policy, watch.pvs, 0.0)
-        core.tick(1e6)
+        watch_core = WatchCore(watch.policy, watch.pvs, 0.0)
+        watch_core.tick(1e6)
         for pv in watch.pvs:
             pv.encode("ascii")
         for endpoint in watch.procserv.values():
             parse_endpoint(endpoint)
-        for value in watch.values:
-            assert not isinstance(value, float) or math.isfinite(value)
+        for watch_value in watch.values:
+            assert not isinstance(watch_value, float) or math.isfinite(watch_value)
     WriteRule(
         settings.write_hosts, settings.write_users, require_address=settings.require_address
     ).allows("localhost", "x", address="10.1.2.3")

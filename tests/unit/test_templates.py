@@ -19,11 +19,11 @@ import pytest
 from caproto import AccessRights, ChannelType
 
 from bgrscrpt_ioc.ca.channels import READONLY_ASG, is_read_only
-from bgrscrpt_ioc.ca.dbparse import DbSyntaxError, Record, parse, parse_file
 from bgrscrpt_ioc.ca.pvdb import build_pvdb, pv_names
 from bgrscrpt_ioc.ca.slot_pvs import SlotView
 from bgrscrpt_ioc.ca.watch_pvs import WatchView, build_watch_pvs
-from bgrscrpt_ioc.epics_base import base_ioc_environment
+from devsupport.dbparse import DbSyntaxError, Record, parse, parse_file
+from devsupport.epics_base import base_ioc_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOT_DB = ROOT / "db_templates" / "bgrscrpt.db"

@@ -7,7 +7,10 @@ page any browser opens, and puts its address in the slot's ``PLOT_URL``: see
 :mod:`bgrscrpt_ioc.plot.pyplot_backend`, which it is.
 """
 
-from bgrscrpt_ioc.plot.pyplot_backend import (  # noqa: F401 - what matplotlib and scripts read
+# Show, show, draw_if_interactive and new_figure_manager*: set on pyplot_backend by
+# matplotlib's @_Backend.export when it loads, so mypy cannot see them. Every name is
+# what matplotlib and scripts read from this module (hence F401).
+from bgrscrpt_ioc.plot.pyplot_backend import (  # type: ignore[attr-defined]  # noqa: F401
     DEFAULT_HOST,
     PRIMARY_WEB_PORT,
     SECONDARY_WEB_PORT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from bgrscrpt_ioc.epics_base import _ephemeral_ports, free_ca_port
+from devsupport.ports import _ephemeral_ports, free_ca_port
 
 
 def test_a_ca_port_is_free_and_never_one_a_client_socket_could_get():
@@ -28,7 +28,7 @@ def test_a_ca_port_is_free_and_never_one_a_client_socket_could_get():
 def test_a_port_in_use_is_not_handed_out(monkeypatch):
     first, second = free_ca_port(), free_ca_port()
     offered = iter([first, first, second])
-    monkeypatch.setattr("bgrscrpt_ioc.epics_base.random.choice", lambda ports: next(offered))
+    monkeypatch.setattr("devsupport.ports.random.choice", lambda ports: next(offered))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", first))  # taken for UDP only: still not free for CA
         assert free_ca_port() == second

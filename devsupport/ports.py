@@ -1,10 +1,7 @@
-"""Running an EPICS base IOC (``python -m epicscorelibs.ioc``) next to this one.
+"""Loopback ports for Channel Access servers started by the tests, the bench and the demo.
 
-The demo, the tests and the benchmarks all start EPICS base IOCs on one machine,
-and each must stay alone on its own loopback ports: base takes
-``EPICS_CAS_SERVER_PORT`` before ``EPICS_CA_SERVER_PORT`` (an inherited value
-would put two servers on one port), and its pvAccess server (QSRV) would
-otherwise listen on every interface on the default pvAccess ports.
+Every server started here listens on 127.0.0.1 on a port of its own, and clients
+find them through ``EPICS_CA_ADDR_LIST`` (see :mod:`devsupport.ca_env`).
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -79,23 +76,31 @@ def free_ca_port(avoid: Iterable[int] = ()) -> int:
                 return port
 
 
-def base_ioc_environment(
-    env: Mapping[str, str], ca_port: int, pva_port: int | None = None
-) -> dict[str, str]:
-    """``env`` for an EPICS base IOC serving Channel Access on ``ca_port`` and
-    pvAccess on ``pva_port`` (a free one when None), both on 127.0.0.1 only."""
-    pva = str(pva_port if pva_port is not None else free_loopback_port())
-    return {
-        **env,
-        "EPICS_CA_SERVER_PORT": str(ca_port),
-        "EPICS_CAS_SERVER_PORT": str(ca_port),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-        "EPICS_PVA_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_PVAS_SERVER_PORT": pva,
-        "EPICS_PVAS_BROADCAST_PORT": pva,
-        "EPICS_PVA_BROADCAST_PORT": pva,
-    }
+def reserve_ports(count: int) -> list[int]:
+    """``count`` different ports, each free now (see :func:`free_ca_port`)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        ports.append(free_ca_port(ports))
+    return ports
+
+
+class PortPool:
+    """Hands out ports reserved before libca started (libca reads its address list once).
+
+    ``cycle``: start again at the first port once all are taken (the tests: each
+    test's IOCs are stopped before the pool comes round again); otherwise running
+    out is an error (the bench: every figure gets ports of its own).
+    """
+
+    def __init__(self, ports: list[int], *, cycle: bool = False, hint: str = ""):
+        self.ports = list(ports)
+        self.cycle = cycle
+        self.hint = hint  # what to do when the pool runs out
+        self.next = 0
+
+    def take(self) -> int:
+        if self.next >= len(self.ports) and not self.cycle:
+            raise RuntimeError(f"port pool exhausted ({len(self.ports)} ports): {self.hint}")
+        port = self.ports[self.next % len(self.ports)]
+        self.next += 1
+        return port
