@@ -50,6 +50,12 @@ chooses the circuit manager below. What stock caproto gets wrong:
   reply is the answer, at once, as in the threading module: ``read``/``write``
   return the ``ErrorResponse`` (:func:`refusal` gives its text), a callback is
   called with it.
+* **Closing a context can hang for ever.** The broadcaster's ``disconnect()``
+  cancels its tasks once and waits for them without a bound; Python 3.11's
+  ``asyncio.wait_for`` swallows a cancellation that arrives as its wait
+  completes (a search answered, ``search_now``), and the task, and whoever
+  closes the context, then wait for ever. Here its tasks are cancelled until
+  they end (:func:`~bgrscrpt_ioc.aio.cancel_and_wait`).
 
 :meth:`Context.recreate` gives a PV that has gone silent a fresh start.
 :func:`why_not_connected` says, in words, why a PV is not connected (caproto
@@ -77,6 +83,7 @@ from caproto.asyncio import client as _stock
 from caproto.client import common as _common
 from caproto.client import search_results as _search_results
 
+from ..aio import cancel_and_wait
 from ..core.reconnect import CircuitRetry
 from .names import check_names
 
@@ -157,6 +164,20 @@ class SharedBroadcaster(_stock.SharedBroadcaster):
         """Send every unanswered search again now, and again soon (caproto backs
         its retries off to every 5 s, and after 8 minutes to every minute)."""
         self._search_now.set()
+
+    async def disconnect(self) -> None:
+        """caproto's, with its tasks cancelled until they have ended (module docstring)."""
+        self._registration_last_sent = 0
+        tasks = list(self._tasks.tasks)
+        self._tasks.tasks.clear()
+        await cancel_and_wait(tasks, what="the CA client's broadcaster", logger=log)
+        self.udp_sock = None
+        protocol = getattr(self, "protocol", None)  # set once its socket was made
+        if protocol is not None and protocol.transport is not None:
+            try:
+                protocol.transport.close()
+            except OSError:
+                log.exception("closing the CA client's UDP socket failed")
 
 
 class CallbackRunner:

@@ -298,6 +298,21 @@ async def test_a_put_the_server_refuses_is_answered_at_once(link):
         await ctx.disconnect()
 
 
+async def test_closing_a_context_ends_when_a_search_task_loses_its_cancellation():
+    """Python 3.11's wait_for swallows a cancellation that arrives as its wait ends:
+    a broadcaster task that did so made caproto's disconnect() wait for ever."""
+    ctx = AsyncContext(timeout=None)
+
+    async def loses_one_cancellation() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # as wait_for may
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+
+    ctx.broadcaster._tasks.create(loses_one_cancellation())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(ctx.disconnect(), 10)  # caproto's never returns
+
+
 def _owner(task: asyncio.Task) -> Any:
     frame = getattr(task.get_coro(), "cr_frame", None)
     return None if frame is None else frame.f_locals.get("self")
