@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import epics
 
@@ -79,7 +80,7 @@ class SimDevice:
     def pv(self, device: str | None = None, field: str = "VALUE") -> str:
         return f"{self.prefix}{device or self.devices[0]}:{field}"
 
-    def start(self) -> SimDevice:
+    def command(self) -> list[str]:
         command = sim_command(self.prefix, self.devices, **self.macros)
         if self.use_procserv:
             command = [
@@ -92,10 +93,16 @@ class SimDevice:
                 "--port", self.control,
                 *command,
             ]  # fmt: skip
+        return command
+
+    def environment(self) -> dict[str, str]:
+        return base_ioc_env(self.port)
+
+    def start(self) -> SimDevice:
         self._out = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            command,
-            env=base_ioc_env(self.port),
+            self.command(),
+            env=self.environment(),
             stdin=subprocess.PIPE if not self.use_procserv else subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -105,19 +112,26 @@ class SimDevice:
         self.wait_serving()
         return self
 
+    def caget(self, pv: str, **kw: Any) -> Any:
+        """A fresh read of ``pv`` by a CA client that can reach this device."""
+        return epics.caget(pv, use_monitor=False, **kw)
+
+    def caput(self, pv: str, value: Any) -> Any:
+        return epics.caput(pv, value, wait=True, timeout=5.0)
+
     def wait_serving(self, timeout: float = 30.0) -> None:
         def serving() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.log_path.read_text()}")
-            return epics.caget(self.pv(), timeout=0.5, use_monitor=False) is not None
+            return self.caget(self.pv(), timeout=0.5) is not None
 
         wait_for(serving, timeout, f"{self.name} to serve {self.pv()}")
 
     def severity(self, device: str | None = None) -> int | None:
-        return epics.caget(self.pv(device, "VALUE.SEVR"), timeout=1.0, use_monitor=False)
+        return self.caget(self.pv(device, "VALUE.SEVR"), timeout=1.0)
 
     def fault(self, device: str | None = None) -> None:
-        assert epics.caput(self.pv(device, "FAULT"), 1, wait=True, timeout=5.0) == 1
+        assert self.caput(self.pv(device, "FAULT"), 1) == 1
 
     def child_pid(self) -> int:
         """The PID of procServ's child, from procServ's own greeting."""

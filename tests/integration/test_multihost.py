@@ -1,0 +1,250 @@
+"""Several hosts: the IOC, its operators and the IOCs it watches on different
+machines, each a network namespace with its own address and host name, all on
+one subnet behind one switch (tests/integration/netns_hosts.py).
+
+What is checked is what an operator on another machine sees: the IOC found by
+broadcast and by its address, its beacons heard on the subnet, ``bgrscrpt`` run
+from another host, write access decided by the client's address and never by the
+name it reports. Needs root and ``ip netns``; every name starts ``ci-``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bgrscrpt_ioc import __version__
+from tests.integration.conftest import FAST_SETTINGS, write_script
+from tests.integration.harness import wait_for
+from tests.integration.netns_hosts import (
+    BEACON_PORT,
+    BIN,
+    CA_PORT,
+    HostIoc,
+    client_env,
+    skip_reason,
+    subnet,
+)
+
+HOSTS = ["ioc", "ops", "lab", "far"]
+T = 60.0  # generous: two cores shared with other test runs
+
+
+@pytest.fixture(scope="module")
+def lan():
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with subnet(HOSTS) as built:
+        yield built
+
+
+@pytest.fixture
+def hosts(lan, test_tag):
+    """The module's hosts, left as found: nothing running on them, every cable in."""
+    yield lan
+    lan.reset()
+
+
+@pytest.fixture
+def make_host_ioc(tmp_path, prefix, config_dir, test_tag):
+    made: list[HostIoc] = []
+
+    def make(host, settings: str | None = FAST_SETTINGS, **kw) -> HostIoc:
+        if settings is not None:
+            (config_dir / "bgrscrpt.toml").write_text(settings)
+        kw.setdefault("prefix", prefix)
+        kw.setdefault("config_dir", config_dir)
+        kw.setdefault("var_dir", tmp_path / f"var-{host.name}")
+        ioc = HostIoc(host, **kw)
+        made.append(ioc)
+        return ioc
+
+    yield make
+    for ioc in made:
+        if ioc.proc is not None and ioc.proc.poll() is None:
+            ioc.stop()
+
+
+def caget(host, pv: str, *servers: str, hostname: str | None = None, **env: str) -> str:
+    """EPICS base's caget on ``host``: the value, or '' when it found nothing."""
+    done = host.run(
+        str(BIN / "caget"), "-w", "2", "-t", pv,
+        env=client_env(*servers, **env), hostname=hostname,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+# ---- found on the network ----------------------------------------------------------
+
+LISTEN = r"""
+import json, socket, struct, sys, time
+IP_PKTINFO = 8  # Linux: each datagram's destination address comes with it
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+sock.bind(("0.0.0.0", int(sys.argv[1])))
+sock.settimeout(float(sys.argv[2]))
+print("listening", flush=True)
+data, ancillary, _, sender = sock.recvmsg(1024, 256)
+to = [socket.inet_ntoa(d[8:12]) for level, kind, d in ancillary if kind == IP_PKTINFO]
+command, _, version, port, beacon_id, address = struct.unpack(">HHHHII", data[:16])
+print(json.dumps({"command": command, "server_port": port, "to": to[0],
+                  "address": socket.inet_ntoa(struct.pack(">I", address)), "sender": sender[0]}))
+"""
+
+
+def listen_for_a_beacon(host) -> subprocess.Popen:
+    listener = host.popen(
+        [sys.executable, "-c", LISTEN, str(BEACON_PORT), "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
+    return listener
+
+
+def heard(listener: subprocess.Popen) -> dict:
+    out, err = listener.communicate(timeout=30)
+    lines = out.strip().splitlines()
+    assert lines, f"no beacon heard: {err}"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("beacons", ["derived", "listed"])
+def test_found_by_broadcast_and_by_address_and_beacons_on_the_subnet(hosts, make_host_ioc, beacons):
+    """``derived``: as a facility runs it, default beacon settings (not the tests'
+    loopback ones): beacons reach every host on the subnet; ``listed``:
+    EPICS_CAS_BEACON_ADDR_LIST names one host, and only it hears them."""
+    server, ops, lab = hosts["ioc"], hosts["ops"], hosts["lab"]
+    listed = {
+        "EPICS_CAS_BEACON_ADDR_LIST": ops.address,
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    }
+    ioc = make_host_ioc(server, env=listed if beacons == "listed" else {})
+    # Listening before the IOC starts: its first beacons go out within a second.
+    listeners = [listen_for_a_beacon(ops), listen_for_a_beacon(lab)]
+    try:
+        ioc.start(wait=False)
+        name = ioc.pv("BGRSCRPT:VERSION")
+
+        def found() -> bool:
+            # caget exits 0 even when it finds nothing: the value is the answer.
+            broadcast = {"EPICS_CA_AUTO_ADDR_LIST": "YES", "EPICS_CA_SERVER_PORT": str(CA_PORT)}
+            return caget(ops, name, **broadcast) == __version__
+
+        wait_for(found, 30, "caget on another host to find the IOC by broadcast")
+        # By its address, as EPICS_CA_ADDR_LIST lists an IOC on another machine.
+        assert caget(lab, name, server.address) == __version__
+        beacon = heard(listeners[0])
+        if beacons == "derived":
+            assert heard(listeners[1])["address"] == server.address
+        else:  # nothing for a host the list does not name
+            out, _ = listeners[1].communicate(timeout=30)
+            assert out.strip() == "", out
+    finally:
+        for listener in listeners:
+            if listener.returncode is None:
+                listener.kill()
+                listener.communicate()
+        ioc.stop()
+    assert beacon["command"] == 13  # CA_PROTO_RSRV_IS_UP
+    assert beacon["server_port"] == CA_PORT
+    assert beacon["address"] == server.address and beacon["sender"] == server.address, beacon
+    destination = hosts.broadcast if beacons == "derived" else ops.address
+    assert beacon["to"] == destination, beacon
+    log = ioc.output()
+    assert "ERROR" not in log and "Traceback" not in log, log
+    assert f"beacons to {destination}:{BEACON_PORT}\n" in log, log
+    assert f"searches heard on {server.address}, {hosts.broadcast}" in log, log
+
+
+# ---- operators on other hosts ---------------------------------------------------------
+
+SLEEPER = """
+import time
+print("up", flush=True)
+while True:
+    time.sleep(0.2)
+"""
+
+
+def bgrscrpt(host, ioc, *args: str) -> subprocess.CompletedProcess:
+    """The operator CLI run on ``host``, finding ``ioc`` by its address."""
+    return host.run(
+        sys.executable, "-m", "bgrscrpt_ioc.ctl", "--prefix", ioc.prefix, "--color", "never",
+        *args, env=client_env(ioc.endpoint), timeout=60,
+    )  # fmt: skip
+
+
+def test_bgrscrpt_from_another_host(hosts, make_host_ioc, config_dir):
+    write_script(config_dir, "background_script.py", SLEEPER)
+    ioc = make_host_ioc(hosts["ioc"], slots=1).start()
+    ops = hosts["ops"]
+    ioc.wait_status("RUNNING")  # a slot with a script starts with the IOC
+
+    stopped = bgrscrpt(ops, ioc, "stop", "01")
+    assert stopped.returncode == 0, (stopped.stdout, stopped.stderr)
+    ioc.wait_status("STOPPED")
+    started = bgrscrpt(ops, ioc, "start", "01")
+    assert started.returncode == 0, (started.stdout, started.stderr)
+    ioc.wait_status("RUNNING")
+    status = bgrscrpt(ops, ioc, "status")
+    assert status.returncode == 0, status.stderr
+    row = next(line for line in status.stdout.splitlines() if "BGRSCRPT_01" in line)
+    assert "RUNNING" in row, status.stdout
+    for done in (started, status, stopped):
+        assert "Traceback" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+    assert ioc.stop() == 0
+
+
+# ---- write access -----------------------------------------------------------------------
+
+
+def caput(host, ioc, suffix: str, value: str, hostname: str | None = None):
+    return host.run(
+        str(BIN / "caput"), "-w", "5", "-t", ioc.pv(suffix), value,
+        env=client_env(ioc.endpoint), hostname=hostname,
+    )  # fmt: skip
+
+
+def rights(host, ioc, suffix: str, hostname: str | None = None) -> str:
+    """The access rights EPICS base's cainfo shows on ``host``."""
+    done = host.run(
+        str(BIN / "cainfo"), "-w", "5", ioc.pv(suffix),
+        env=client_env(ioc.endpoint), hostname=hostname,
+    )  # fmt: skip
+    line = next((x for x in done.stdout.splitlines() if "Access:" in x), done.stdout)
+    return line.split("Access:", 1)[-1].strip()
+
+
+def test_write_access_by_address_from_other_hosts(hosts, make_host_ioc):
+    """``ops`` is allowed by its address, ``far`` by its name; ``lab`` by neither."""
+    ops, lab, far = hosts["ops"], hosts["lab"], hosts["far"]
+    settings = FAST_SETTINGS + f'\n[access]\nwrite_hosts = ["{ops.address}", "{far.name}"]\n'
+    ioc = make_host_ioc(hosts["ioc"], settings, slots=1).start()
+    pv = "BGRSCRPT_01:WATCHDOG"
+
+    assert rights(ops, ioc, pv) == "read, write"
+    done = caput(ops, ioc, pv, "7")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: ioc.get(pv) == 7, 10, "the put from the allowed host")
+
+    # Another host: read only, even when it gives itself the allowed host's name.
+    for name in (lab.name, ops.name):
+        assert rights(lab, ioc, pv, hostname=name) == "read, no write", name
+        refused = caput(lab, ioc, pv, "9", hostname=name)
+        assert "Write access denied" in refused.stderr + refused.stdout, refused
+    assert ioc.get(pv) == 7
+    assert caget(lab, ioc.pv(pv), ioc.endpoint) == "7"
+    # A name entry is only what the client says (the README says so): the name
+    # a host gives itself does reach the IOC, and the IOC does not check it.
+    assert rights(lab, ioc, pv, hostname=far.name) == "read, write"
+    assert rights(far, ioc, pv) == "read, write"
+    log = ioc.output()
+    assert "Traceback" not in log, log
+    assert ioc.stop() == 0
