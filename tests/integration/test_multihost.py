@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -69,6 +70,14 @@ def make_host_ioc(tmp_path, prefix, config_dir, test_tag):
             ioc.stop()
 
 
+def outage(seconds: float, holds, what: str) -> None:
+    """Let an outage last ``seconds``, checking all along that ``holds()``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert holds(), f"during the outage: expected {what}"
+        time.sleep(0.1)
+
+
 def caget(host, pv: str, *servers: str, hostname: str | None = None, **env: str) -> str:
     """EPICS base's caget on ``host``: the value, or '' when it found nothing."""
     done = host.run(
@@ -97,9 +106,9 @@ print(json.dumps({"command": command, "server_port": port, "to": to[0],
 """
 
 
-def listen_for_a_beacon(host) -> subprocess.Popen:
+def listen_for_a_beacon(host, timeout: float = 20) -> subprocess.Popen:
     listener = host.popen(
-        [sys.executable, "-c", LISTEN, str(BEACON_PORT), "20"],
+        [sys.executable, "-c", LISTEN, str(BEACON_PORT), str(timeout)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -127,7 +136,12 @@ def test_found_by_broadcast_and_by_address_and_beacons_on_the_subnet(hosts, make
     }
     ioc = make_host_ioc(server, env=listed if beacons == "listed" else {})
     # Listening before the IOC starts: its first beacons go out within a second.
-    listeners = [listen_for_a_beacon(ops), listen_for_a_beacon(lab)]
+    # The IOC sends its first beacons within a second of starting, and more and
+    # more slowly after: a host that hears none in 8 s is not sent any.
+    listeners = [
+        listen_for_a_beacon(ops),
+        listen_for_a_beacon(lab, 20 if beacons == "derived" else 8),
+    ]
     try:
         ioc.start(wait=False)
         name = ioc.pv("BGRSCRPT:VERSION")
@@ -199,6 +213,40 @@ def test_bgrscrpt_from_another_host(hosts, make_host_ioc, config_dir):
     assert "RUNNING" in row, status.stdout
     for done in (started, status, stopped):
         assert "Traceback" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+    assert ioc.stop() == 0
+
+
+def test_bgrscrpt_start_through_a_link_cut_while_it_waits(hosts, make_host_ioc, config_dir):
+    """The IOC's host drops off the network just after the START went out, and is
+    back within the command's --timeout: the command waits for it and reports the
+    run, rather than failing on the first read that gets no reply."""
+    write_script(config_dir, "background_script.py", SLEEPER)
+    settings = "[supervisor]\nstartsecs = 3.0\n"
+    ioc = make_host_ioc(hosts["ioc"], settings, slots=1).start()
+    ops, server = hosts["ops"], hosts["ioc"]
+    ioc.wait_status("RUNNING")
+    ioc.put("BGRSCRPT_01:STOP", 1)
+    ioc.wait_status("STOPPED")
+    command = [sys.executable, "-m", "bgrscrpt_ioc.ctl", "--prefix", ioc.prefix,
+               "--timeout", "40", "start", "01"]  # fmt: skip
+    start = ops.popen(command, env=client_env(ioc.endpoint), text=True,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        ioc.wait_status("STARTING")  # the START is in; RUNNING comes 3 s later
+        server.cut()
+        # Longer than the CLI's reads wait for a reply (2 s), several times over.
+        outage(8.0, lambda: start.poll() is None, "the command to go on waiting")
+        server.restore()
+        out, err = start.communicate(timeout=60)
+    finally:
+        server.restore()
+        if start.poll() is None:
+            start.kill()
+            start.communicate()
+    assert start.returncode == 0, (out, err)
+    assert out.startswith("BGRSCRPT_01: started, pid "), out
+    assert err == "", err
+    ioc.wait_status("RUNNING")
     assert ioc.stop() == 0
 
 
