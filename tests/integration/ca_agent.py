@@ -7,13 +7,16 @@ reach the namespaces' addresses (libca read its address list when it started).
 Requests: ``{"op": "get", "pv": ..., **caget keywords}``,
 ``{"op": "put", "pv": ..., "value": ..., **caput keywords}``,
 ``{"op": "monitor", "pv": ...}`` (start recording what a monitor shows, with its
-connection changes) and ``{"op": "history", "pv": ...}`` (what it recorded).
+connection changes) and ``{"op": "history", "pv": ...}`` (what it recorded:
+``[monotonic time, value as text or "<connected>"/"<disconnected>", server time
+stamp]`` each).
 Answers: ``{"ok": value}`` or ``{"error": text}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -35,9 +38,10 @@ def _plain(value):
     return value
 
 
-def _record(pvname: str, what: object) -> None:
+def _record(pvname: str, what: object, stamp: float | None = None) -> None:
+    """Each update: when it came (monotonic), what it was, the server's time stamp."""
     with _lock:
-        _history[pvname].append([time.monotonic(), what])
+        _history[pvname].append([time.monotonic(), what, stamp])
 
 
 def _monitor(pvname: str) -> None:
@@ -46,8 +50,10 @@ def _monitor(pvname: str) -> None:
     _history[pvname] = []
     _monitors[pvname] = epics.PV(
         pvname,
-        form="native",
-        callback=lambda char_value=None, **kw: _record(pvname, char_value),
+        form="ctrl",  # enums as their labels
+        callback=lambda char_value=None, timestamp=None, **kw: _record(
+            pvname, char_value, timestamp
+        ),
         connection_callback=lambda conn=None, **kw: _record(
             pvname, "<connected>" if conn else "<disconnected>"
         ),
@@ -73,13 +79,21 @@ def handle(request: dict) -> object:
 
 
 def main() -> None:
-    print(json.dumps({"ok": "ready"}), flush=True)
+    # Answers on a stdout of their own: pyepics and libca print on stdout too.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def answer(message: dict) -> None:
+        answers.write(json.dumps(message) + "\n")
+        answers.flush()
+
+    answer({"ok": "ready"})
     for line in sys.stdin:
         try:
-            answer = {"ok": handle(json.loads(line))}
+            answer({"ok": handle(json.loads(line))})
         except Exception as exc:  # the test reads the reason
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(answer), flush=True)
+            answer({"error": f"{type(exc).__name__}: {exc}"})
 
 
 if __name__ == "__main__":

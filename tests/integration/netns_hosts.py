@@ -250,7 +250,7 @@ class Agent:
     def monitor(self, pv: str) -> None:
         self.call("monitor", pv)
 
-    def history(self, pv: str) -> list[tuple[float, Any]]:
+    def history(self, pv: str) -> list[tuple[float, Any, float | None]]:
         return [tuple(entry) for entry in self.call("history", pv)]
 
     def close(self) -> None:
@@ -308,6 +308,19 @@ class HostIoc(Ioc):
         return super().stop(timeout)
 
 
+GREETING = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5.0) as sock:
+    data = b""
+    while b"connected (plus you)" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+sys.stdout.write(data.decode(errors="replace"))
+"""
+
+
 class HostSim(SimDevice):
     """The simulated device (an EPICS base IOC under Debian's procServ) on ``host``:
     CA on the host's address and ``port``; procServ's control port on the host's
@@ -345,9 +358,12 @@ class HostSim(SimDevice):
         assert self.agent is not None
         return self.agent.put(pv, value, wait=True, timeout=5.0)
 
-    def starts(self) -> int:
-        """How many times the IOC has started under procServ (from its output)."""
-        return self.log_path.read_text(errors="replace").count("iocRun: All initialization")
+    def greeting(self) -> str:
+        """procServ's greeting, read on the host (its control port is the host's own)."""
+        host, port = self.control.rsplit(":", 1)
+        done = self.host.run(sys.executable, "-c", GREETING, host, port)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def stop(self) -> None:
         if self.agent is not None:

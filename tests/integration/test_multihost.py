@@ -24,7 +24,9 @@ from tests.integration.netns_hosts import (
     BEACON_PORT,
     BIN,
     CA_PORT,
+    Agent,
     HostIoc,
+    HostSim,
     client_env,
     skip_reason,
     subnet,
@@ -52,13 +54,20 @@ def hosts(lan, test_tag):
 
 @pytest.fixture
 def make_host_ioc(tmp_path, prefix, config_dir, test_tag):
+    """Build (not start) the IOC of a host; ``own=True``: a prefix, config dir and
+    var dir of its own (``<prefix><HOST>:``), for more than one IOC in a test."""
     made: list[HostIoc] = []
 
-    def make(host, settings: str | None = FAST_SETTINGS, **kw) -> HostIoc:
+    def make(host, settings: str | None = FAST_SETTINGS, own: bool = False, **kw) -> HostIoc:
+        config = config_dir
+        if own:
+            config = tmp_path / f"config-{host.name}"
+            config.mkdir()
+            kw.setdefault("prefix", f"{prefix}{host.name.upper()}:")
         if settings is not None:
-            (config_dir / "bgrscrpt.toml").write_text(settings)
+            (config / "bgrscrpt.toml").write_text(settings)
         kw.setdefault("prefix", prefix)
-        kw.setdefault("config_dir", config_dir)
+        kw.setdefault("config_dir", config)
         kw.setdefault("var_dir", tmp_path / f"var-{host.name}")
         ioc = HostIoc(host, **kw)
         made.append(ioc)
@@ -70,12 +79,12 @@ def make_host_ioc(tmp_path, prefix, config_dir, test_tag):
             ioc.stop()
 
 
-def outage(seconds: float, holds, what: str) -> None:
+def outage(seconds: float, holds, what: str, detail=lambda: "") -> None:
     """Let an outage last ``seconds``, checking all along that ``holds()``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        assert holds(), f"during the outage: expected {what}"
-        time.sleep(0.1)
+        assert holds(), f"during the outage: expected {what} {detail()}"
+        time.sleep(0.2)
 
 
 def caget(host, pv: str, *servers: str, hostname: str | None = None, **env: str) -> str:
@@ -296,3 +305,134 @@ def test_write_access_by_address_from_other_hosts(hosts, make_host_ioc):
     log = ioc.output()
     assert "Traceback" not in log, log
     assert ioc.stop() == 0
+
+
+# ---- a watch on one host, the IOC it restarts on another --------------------------------
+
+CONN_TMO = 5.0  # the watching IOC's EPICS_CA_CONN_TMO in the partition test
+
+
+def watch_entry(name: str, pv: str, ioc: str, **keys: object) -> str:
+    """One [[watch]] entry; a str value starting with "{" is an inline table."""
+    lines = ["[[watch]]", f'name = "{name}"', f'pvs = ["{pv}"]', f'restart = ["{ioc}"]']
+    for key, value in keys.items():
+        if isinstance(value, str) and not value.startswith("{"):
+            lines.append(f'{key} = "{value}"')
+        elif isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def across(hosts, make_host_ioc, tmp_path, prefix):
+    """Host ``ioc`` (B): the target (an EPICS base IOC under Debian's procServ, CA
+    on port 5070) and a bgrscrpt_ioc whose watch T1 restarts it through the local
+    procServ (its own trigger an hour away: only asked). Host ``ops`` (A): a
+    bgrscrpt_ioc whose watch W watches the target and asks T1 to restart it.
+    Returns a function that starts them, A's environment given."""
+    b_host, a_host = hosts["ioc"], hosts["ops"]
+    made = []
+
+    def start(disconnected: bool = True, **a_env: str):
+        sim = HostSim(b_host, tmp_path, prefix=f"{prefix}D:")
+        made.append(sim)
+        sim.start()
+        b_settings = watch_entry(
+            "T1", sim.pv(), sim.name, delay=3600.0, procserv=f'{{ {sim.name} = "{sim.control}" }}'
+        )
+        b = make_host_ioc(b_host, b_settings, own=True, slots=1,
+                          env=ca_list(sim.endpoint)).start()  # fmt: skip
+        peer = f'{{ {sim.name} = "{b.prefix}BGRSCRPT:WATCH:T1:" }}'
+        a_settings = watch_entry("W", sim.pv(), sim.name, delay=0.2, via="peer", peer=peer,
+                                 verify_timeout=30.0, backoff=1.0,
+                                 disconnected=disconnected)  # fmt: skip
+        a = make_host_ioc(a_host, a_settings, own=True, slots=1,
+                          env={**ca_list(sim.endpoint, b.endpoint), **a_env}).start()  # fmt: skip
+        return sim, a, b
+
+    yield start
+    for sim in made:
+        sim.stop()
+
+
+def ca_list(*servers: str) -> dict[str, str]:
+    return {"EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": " ".join(servers)}
+
+
+def watch_pv(ioc, name: str, field: str, **kw):
+    if field == "MSG":
+        kw.setdefault("count", 1024)
+    return ioc.get(f"BGRSCRPT:WATCH:{name}:{field}", as_string=field != "RESTART_CNT", **kw)
+
+
+def wait_watch(ioc, name: str, field: str, wanted, timeout: float = T) -> None:
+    wait_for(
+        lambda: watch_pv(ioc, name, field) == wanted,
+        timeout,
+        f"{ioc.prefix} watch {name} {field} {wanted} (MSG {watch_pv(ioc, name, 'MSG')!r})",
+    )
+
+
+def test_a_watch_restarts_an_ioc_on_another_host_through_that_hosts_ioc(across):
+    sim, a, b = across()
+    wait_watch(a, "W", "STATE", "OK")
+    wait_watch(b, "T1", "STATE", "OK")
+    pid = sim.child_pid()
+
+    sim.fault()
+    wait_watch(a, "W", "RESTART_CNT", 1)
+    wait_watch(a, "W", "STATE", "OK")
+    text = watch_pv(a, "W", "MSG")
+    assert text.startswith(f"restarted {sim.name} on {b.prefix}, recovered in"), text
+    assert watch_pv(b, "T1", "RESTART_CNT") == 1
+    assert f"restarted {sim.name}" in watch_pv(b, "T1", "MSG")
+    assert sim.child_pid() != pid  # procServ on B started the IOC again
+    assert sim.severity() == 0
+    for ioc in (a, b):
+        assert "Traceback" not in ioc.output(), ioc.output()
+
+
+def test_a_partition_of_45_s_during_which_the_target_faults(hosts, across):
+    """A's link to B is cut for 45 s (nine times A's EPICS_CA_CONN_TMO); the target
+    on B faults meanwhile. A shows the outage; nothing is restarted while nobody
+    can be asked; once the link is back A sees the fault and has B restart the
+    target within seconds."""
+    # disconnected = false: the outage is no reason to restart, the fault is.
+    sim, a, b = across(disconnected=False, EPICS_CA_CONN_TMO=str(CONN_TMO))
+    wait_watch(a, "W", "STATE", "OK")
+    wait_watch(a, "W", "ALARM", "NO_ALARM")
+    observer = Agent(hosts["ops"], a.endpoint)  # on A's side of the cut: sees it all
+    try:
+        observer.monitor(a.pv("BGRSCRPT:WATCH:W:ALARM"))
+        pid = sim.child_pid()
+
+        hosts["ioc"].cut()
+        cut_at = time.monotonic()
+        wait_watch(a, "W", "ALARM", "DISCONNECTED", timeout=CONN_TMO + 20)
+        sim.fault()  # seen on B only
+        assert sim.severity() == 3  # INVALID
+        outage(45.0 - (time.monotonic() - cut_at), lambda: watch_pv(a, "W", "RESTART_CNT") == 0,
+               "no restart from A while B cannot be asked",
+               lambda: watch_pv(a, "W", "MSG"))  # fmt: skip
+        assert sim.child_pid() == pid and sim.severity() == 3
+        hosts["ioc"].restore()
+        back_at = time.monotonic()
+
+        wait_watch(a, "W", "RESTART_CNT", 1, timeout=30)
+        acted = time.monotonic() - back_at
+        wait_watch(a, "W", "STATE", "OK")
+        wait_watch(a, "W", "ALARM", "NO_ALARM")
+        alarms = [value for _, value, _ in observer.history(a.pv("BGRSCRPT:WATCH:W:ALARM"))]
+    finally:
+        hosts["ioc"].restore()
+        observer.close()
+    assert "DISCONNECTED" in alarms, alarms
+    assert sim.child_pid() != pid
+    assert watch_pv(b, "T1", "RESTART_CNT") == 1
+    text = watch_pv(a, "W", "MSG")
+    assert text.startswith(f"restarted {sim.name} on {b.prefix}, recovered in"), text
+    print(f"A acted {acted:.1f} s after the link returned")
+    for ioc in (a, b):
+        assert "Traceback" not in ioc.output(), ioc.output()
