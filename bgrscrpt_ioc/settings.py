@@ -192,8 +192,11 @@ _WATCH_NUMBERS: dict[str, Number] = {
     "backoff_max": Number(float, 0.1, 7 * 86400.0, zero=True, unit="s"),
 }
 _WATCH_KEYS = set(_WATCH_NUMBERS) | {
-    "name", "pvs", "severity", "disconnected", "values", "restart", "via", "procserv",
+    "name", "pvs", "severity", "disconnected", "values", "restart", "via", "procserv", "peer",
 }  # fmt: skip
+_VIAS = ("procserv", "pv", "peer")
+# A remote watch's PV prefix, <P>BGRSCRPT:WATCH:<name>: (via = "peer")
+_PEER_PREFIX = re.compile(r"[!#-&(-~]*BGRSCRPT:WATCH:[A-Za-z0-9_-]{1,40}:")
 _PV_SAFE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 # Printable ASCII but space and quotes: what EPICS record and CA names are made of.
 _PV_NAME = re.compile(r"[!#-&(-~]{1,200}")
@@ -236,6 +239,7 @@ class WatchSettings:
     values: tuple[str | int | float, ...] = ()
     via: str = "procserv"
     procserv: dict[str, str] = field(default_factory=dict)
+    peer: dict[str, str] = field(default_factory=dict)  # IOC -> the remote watch's PV prefix
 
 
 @dataclass(frozen=True)
@@ -455,8 +459,8 @@ class _Validator:
         if len(set(restart)) != len(restart):
             raise fail("restart", "names an IOC twice")
         via = entry.get("via", "procserv")
-        if via not in ("procserv", "pv"):
-            raise fail("via", 'must be "procserv" or "pv"')
+        if via not in _VIAS:
+            raise fail("via", 'must be "procserv", "pv" or "peer"')
         procserv = entry.get("procserv", {})
         if not isinstance(procserv, dict):
             raise fail("procserv", 'must be a table of IOC = "host:port" or "unix:/path"')
@@ -473,6 +477,7 @@ class _Validator:
             missing = [ioc for ioc in restart if ioc not in procserv]
             if missing:
                 raise fail("procserv", f"no procServ endpoint for {', '.join(missing)}")
+        peer = self.peer(entry.get("peer", {}), restart, via, fail)
         policy = WatchPolicy(
             severity=int(Level[severity]),
             disconnected=disconnected,
@@ -488,7 +493,42 @@ class _Validator:
             values=tuple(values),
             via=via,
             procserv=dict(procserv),
+            peer=peer,
         )
+
+    @staticmethod
+    def peer(
+        peer: Any, restart: list[str], via: str, fail: Callable[[str, str], SettingsError]
+    ) -> dict[str, str]:
+        """``peer = { IOC = "<P>BGRSCRPT:WATCH:<name>:" }``: the remote watch that restarts IOC."""
+        shape = 'must be a table of IOC = "<its IOC\'s prefix>BGRSCRPT:WATCH:<watch name>:"'
+        if not isinstance(peer, dict):
+            raise fail("peer", shape)
+        seen: dict[str, str] = {}
+        for ioc, prefix in peer.items():
+            if ioc not in restart:
+                raise fail("peer", f"{ioc} is not in restart")
+            if not isinstance(prefix, str) or not _PEER_PREFIX.fullmatch(prefix):
+                raise fail(
+                    "peer",
+                    f"{ioc}: {prefix!r} is not a remote watch's PV prefix "
+                    "(<its IOC's prefix>BGRSCRPT:WATCH:<watch name>:)",
+                )
+            problem = name_problem(f"{prefix}RESTART_CNT")
+            if problem is not None:
+                raise fail("peer", f"{ioc}: {prefix!r}: {problem}")
+            if prefix in seen:
+                raise fail(
+                    "peer",
+                    f"{seen[prefix]} and {ioc} name the same remote watch (it restarts all "
+                    "of its IOCs): list one of them",
+                )
+            seen[prefix] = ioc
+        if via == "peer":
+            missing = [ioc for ioc in restart if ioc not in peer]
+            if missing:
+                raise fail("peer", f"no remote watch for {', '.join(missing)}")
+        return dict(peer)
 
     def table(self, parent: dict[str, Any], where: str, key: str) -> dict[str, Any]:
         value = parent.get(key, {})

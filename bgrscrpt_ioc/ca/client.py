@@ -43,14 +43,25 @@ chooses the circuit manager below. What stock caproto gets wrong:
   request refuses (a record part over 59 characters, a non-string) raises in
   the task that resends searches: no PV of the context connects again. Here
   ``get_pvs`` refuses such a name in the caller (:mod:`.names`).
+* **A refused read or write waits for its timeout.** The server's error reply
+  (ECA_PUTFAIL for a put its record refuses or its access rules forbid) to a
+  read or write that is waited for is ignored: the caller waits out its whole
+  timeout and gets a timeout instead of the server's words. Here the error
+  reply is the answer, at once, as in the threading module: ``read``/``write``
+  return the ``ErrorResponse`` (:func:`refusal` gives its text), a callback is
+  called with it.
 
 :meth:`Context.recreate` gives a PV that has gone silent a fresh start.
+:func:`why_not_connected` says, in words, why a PV is not connected (caproto
+keeps no reason: "connection refused", "no route to host", "unresponsive
+server" are known only inside the circuit that ended).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import functools
 import inspect
 import itertools
@@ -72,6 +83,9 @@ from .names import check_names
 log = logging.getLogger("bgrscrpt_ioc.ca.client")
 
 PV = _stock.PV
+
+NO_ANSWER = "no server answers its search"
+"""Why a PV is not connected when no server has answered its search."""
 
 SEARCHES_KEPT = 4096
 """Searches remembered after their answer (to recognise a second server answering)."""
@@ -206,17 +220,38 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             task.cancel()
         self.connected_at: float | None = None
         self.served = False  # the server connected a channel on this circuit
+        self.loss: str | None = None  # why the circuit ended, in words (once it has)
 
     async def _process_command(self, command: Any) -> Any:
-        if isinstance(command, ca.CreateChanResponse):
+        if isinstance(command, ca.ErrorResponse):
+            self._answer_with_error(command)
+        elif isinstance(command, ca.CreateChanResponse):
             self.served = True
         return await super()._process_command(command)
+
+    def _answer_with_error(self, error: Any) -> None:
+        """The server refused a read or write that is waited for: its answer is the
+        error reply (as libca calls back with the error status), not a timeout."""
+        request = error.original_request
+        if request.command not in (ca.ReadNotifyRequest.ID, ca.WriteNotifyRequest.ID):
+            return
+        ioid_info = self.ioids.pop(request.parameter2, None)  # the request's ioid
+        if ioid_info is None:
+            return
+        event = ioid_info.get("event")
+        if event is not None:
+            ioid_info["response"] = error
+            event.set()
+        callback = ioid_info.get("callback")
+        if callback is not None:
+            self.user_callback_executor.submit(callback, error)
 
     async def _connect(self, timeout: Any) -> None:
         try:
             await super()._connect(timeout)
         except (OSError, TimeoutError, ca.CaprotoError) as exc:
             host, port = self.circuit.address
+            self.loss = f"cannot connect to {host}:{port}: {network_reason(exc)}"
             first = not self.context.retry.failures(self.circuit.address)
             log.log(
                 logging.INFO if first else logging.DEBUG,  # once per run of failures
@@ -251,13 +286,42 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             else:
                 await context.reconnect(keys)
 
+    async def _transport_receive_loop(self, transport: Any) -> None:
+        await super()._transport_receive_loop(_NotingTransport(transport, self))
+
     async def disconnect(self) -> None:
         if self.context.closing:
             await super().disconnect()
         else:
             # caproto giving up on the circuit (an unresponsive server, a
             # protocol error): a circuit loss, not the user closing the client.
+            if self.loss is None:
+                host, port = self.circuit.address
+                self.loss = f"unresponsive server at {host}:{port} (no answer to an echo)"
             await self._disconnected()
+
+
+class _NotingTransport:
+    """A circuit's transport that notes on its manager why the circuit ended."""
+
+    def __init__(self, transport: Any, manager: VirtualCircuitManager):
+        self._transport = transport
+        self._manager = manager
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    async def recv(self, nbytes: int = 4096) -> bytes:
+        host, port = self._manager.circuit.address
+        try:
+            data: bytes = await self._transport.recv(nbytes)
+        except ca.CaprotoNetworkError as exc:
+            if self._manager.loss is None:
+                self._manager.loss = f"connection to {host}:{port} lost: {network_reason(exc)}"
+            raise
+        if not data and self._manager.loss is None:
+            self._manager.loss = f"the server at {host}:{port} closed the connection"
+        return data
 
 
 class Context(_stock.Context):
@@ -335,6 +399,51 @@ class Context(_stock.Context):
             if callback is not None:
                 new.connection_state_callback.add_callback(callback)
         return new
+
+
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ECONNRESET: "connection reset",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EPIPE: "connection broken",
+}
+
+
+def network_reason(exc: BaseException) -> str:
+    """A network error (an OSError, or caproto's error wrapping one) in a few words."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, TimeoutError) or (cause is None and "timeout" in str(exc).lower()):
+        return "no answer (timed out)"
+    if isinstance(cause, OSError):
+        words = _ERRNO_WORDS.get(cause.errno or 0)
+        return words or (cause.strerror or str(cause) or type(cause).__name__).lower()
+    return str(exc) or type(exc).__name__
+
+
+def why_not_connected(pv: Any) -> str:
+    """Why ``pv`` is not connected, in words ("" when it is, or nothing is known)."""
+    if pv.connected:
+        return ""
+    manager = pv.circuit_manager
+    if manager is None:
+        return NO_ANSWER
+    loss = getattr(manager, "loss", None)
+    if loss:
+        return str(loss)
+    host, port = manager.circuit.address
+    return f"connecting to {host}:{port}"
+
+
+def refusal(response: Any) -> str | None:
+    """The server's words when ``response`` (to a read or write) is its refusal, else None."""
+    if not isinstance(response, ca.ErrorResponse):
+        return None
+    text = bytes(response.error_message).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+    return text or str(response.status.description)
 
 
 async def _release_channel(pv: Any) -> None:

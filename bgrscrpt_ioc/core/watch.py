@@ -104,6 +104,7 @@ class _Pv:
     severity: int = 0
     value_matches: bool = False
     fresh: bool = True  # updated since the restart being verified was sent
+    reason: str = ""  # while disconnected: why, in words, when the monitor knows
 
 
 class WatchCore:
@@ -174,7 +175,7 @@ class WatchCore:
         for name, pv in self.pvs.items():
             if not pv.connected:
                 if self.policy.disconnected and not self._in_grace(pv, now):
-                    out.append(f"{name} disconnected")
+                    out.append(f"{name} disconnected{_why(pv)}")
             elif pv.severity >= self.policy.severity:
                 out.append(f"{name} {ALARM_LABELS[min(pv.severity, 3)]}")
             elif pv.value_matches:
@@ -196,14 +197,28 @@ class WatchCore:
         connected: bool,
         severity: int = 0,
         value_matches: bool = False,
+        reason: str = "",
     ) -> list[Action]:
-        """A watched PV connected, disconnected or sent a new value/severity."""
+        """A watched PV connected, disconnected or sent a new value/severity.
+
+        ``reason``: why a disconnected PV is (still) not connected, in words
+        ("unresponsive server at 10.1.2.3:5064"), shown in MSG with its name.
+        """
         pv = self.pvs[name]
         pv.connected = connected
+        pv.reason = "" if connected else reason
         pv.seen = pv.seen or connected
         pv.severity = int(severity) if connected else 0
         pv.value_matches = bool(value_matches) and connected
         pv.fresh = True
+        return self.tick(now)
+
+    def note_reason(self, now: float, name: str, reason: str) -> list[Action]:
+        """Why the PV ``name``, not connected, is not: shown in MSG from now on."""
+        pv = self.pvs[name]
+        if pv.connected:
+            return []
+        pv.reason = reason
         return self.tick(now)
 
     # ---- time ----------------------------------------------------------------
@@ -245,7 +260,11 @@ class WatchCore:
                 self._enter(WatchState.OK, now, outcome)
                 return [Outcome("recovered", outcome)]
             if now >= self._verify_until:
-                waiting = [n for n, pv in self.pvs.items() if not pv.fresh or not self._pv_ok(pv)]
+                waiting = [
+                    f"{n}: {pv.reason}" if _why(pv) else n
+                    for n, pv in self.pvs.items()
+                    if not pv.fresh or not self._pv_ok(pv)
+                ]
                 why = f"not recovered within {self.policy.verify_timeout:g} s"
                 if waiting:
                     why += f" ({', '.join(waiting[:3])}{' …' if len(waiting) > 3 else ''})"
@@ -385,3 +404,8 @@ class WatchCore:
         self._retry_at = now + wait
         self._enter(WatchState.FAILED, now, f"{why}; next attempt in {wait:g} s")
         return [Outcome("failed", why)]
+
+
+def _why(pv: _Pv) -> str:
+    """`` (why)`` for a disconnected PV whose reason is known, else nothing."""
+    return f" ({pv.reason})" if pv.reason and not pv.connected else ""

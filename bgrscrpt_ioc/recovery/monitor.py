@@ -26,11 +26,11 @@ from typing import Any
 
 from caproto import ChannelType
 
-from ..ca.client import Context
+from ..ca.client import NO_ANSWER, Context, why_not_connected
 
 log = logging.getLogger("bgrscrpt_ioc.watch")
 
-SILENCE_CHECK = 1.0  # seconds between looks for silent PVs (at most)
+SILENCE_CHECK = 1.0  # seconds between looks for silent PVs and their reasons (at most)
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class PvUpdate:
     severity: int = 0
     value: Any = None
     timestamp: float = 0.0  # the server's timestamp of the value (epoch seconds)
+    reason: str = ""  # disconnected: why, in words ("" when not known)
 
 
 Listener = Callable[[PvUpdate], None]
@@ -58,11 +59,24 @@ class PvMonitor:
 
     ``silent_after``: seconds without a connection (and a value) after which a
     PV is re-created; the CA connection timeout when None.
+
+    ``on_reason(name, reason)``: called when why a PV is not connected changes
+    while it stays so (a disconnection itself carries its reason in the update),
+    also for a PV never connected: "no server answers its search",
+    "cannot connect to 10.1.2.3:5064: connection refused".
     """
 
-    def __init__(self, context: Context, listener: Listener, *, silent_after: float | None = None):
+    def __init__(
+        self,
+        context: Context,
+        listener: Listener,
+        *,
+        silent_after: float | None = None,
+        on_reason: Callable[[str, str], None] | None = None,
+    ):
         self.context = context
         self.listener = listener
+        self.on_reason = on_reason
         if silent_after is None:
             silent_after = float(context.broadcaster.environ["EPICS_CA_CONN_TMO"])
         self.silent_after = silent_after
@@ -73,6 +87,8 @@ class PvMonitor:
         self._connected: dict[str, bool] = {}
         self._silent_since: dict[str, float] = {}  # not connected since (monotonic)
         self._said_silent: set[str] = set()
+        self._reason: dict[str, str] = {}  # not connected: the reason last reported
+        self._lost: dict[str, str] = {}  # why its connection went, until it connects again
         self._task: asyncio.Task[None] | None = None
 
     async def add(self, names: Iterable[str], *, as_string: bool = False) -> None:
@@ -106,7 +122,9 @@ class PvMonitor:
         if self._connected.get(pv.name):
             self._connected[pv.name] = False
             self._silent_since[pv.name] = time.monotonic()
-            self.listener(PvUpdate(pv.name, connected=False))
+            reason = why_not_connected(pv)
+            self._lost[pv.name] = self._reason[pv.name] = reason
+            self.listener(PvUpdate(pv.name, connected=False, reason=reason))
 
     async def _on_value(self, sub: Any, response: Any) -> None:
         name = sub.pv.name
@@ -120,6 +138,8 @@ class PvMonitor:
         if not self._connected.get(name):
             self._connected[name] = True
             self._silent_since.pop(name, None)
+            self._reason.pop(name, None)
+            self._lost.pop(name, None)
             if name in self._said_silent:
                 self._said_silent.discard(name)
                 log.info("watched PV %s connected again", name)
@@ -139,6 +159,7 @@ class PvMonitor:
         period = max(0.05, min(SILENCE_CHECK, self.silent_after / 4))
         while True:
             await asyncio.sleep(period)
+            self._report_reasons()
             now = time.monotonic()
             silent = [n for n, t in self._silent_since.items() if now - t >= self.silent_after]
             for name in silent:
@@ -147,6 +168,22 @@ class PvMonitor:
                 except Exception:  # the next look tries again; the watch goes on
                     log.exception("re-creating watched PV %s failed", name)
                 self._silent_since[name] = time.monotonic()
+
+    def _report_reasons(self) -> None:
+        """Say when why a PV is not connected has changed (a search answered but
+        the circuit refused, say), so that MSG says what holds now."""
+        if self.on_reason is None:
+            return
+        for name, pv in list(self._pvs.items()):
+            if self._connected.get(name):
+                continue
+            reason = why_not_connected(pv)
+            lost = self._lost.get(name)
+            if lost and reason == NO_ANSWER:
+                reason = f"{lost}; {NO_ANSWER} since"
+            if reason and reason != self._reason.get(name):
+                self._reason[name] = reason
+                self.on_reason(name, reason)
 
     async def _recreate(self, name: str) -> None:
         old = self._pvs[name]

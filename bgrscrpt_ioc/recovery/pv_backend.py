@@ -16,6 +16,8 @@ from typing import Any
 from caproto import CaprotoError, ChannelType
 from caproto.asyncio.client import Context
 
+from ..ca.client import refusal
+
 CONNECT_TIMEOUT = 5.0
 DOWN_TIMEOUT = 3.0  # how long STATUS may take to show the restart
 UP_TIMEOUT = 30.0
@@ -52,9 +54,12 @@ async def restart(context: Context, prefix: str, ioc: str) -> str:
     token = sub.add_callback(on_status)
     try:
         try:
-            await restart_pv.write([1], wait=True, timeout=CONNECT_TIMEOUT)
+            reply = await restart_pv.write([1], wait=True, timeout=CONNECT_TIMEOUT)
         except (TimeoutError, CaprotoError) as exc:
             raise PvRestartError(f"caput {restart_pv.name} 1 failed: {exc}") from None
+        refused = refusal(reply)
+        if refused is not None:
+            raise PvRestartError(f"caput {restart_pv.name} 1 refused: {refused}")
         went_down = await _wait_status(seen, lambda s: s != RUNNING, DOWN_TIMEOUT)
         if went_down is None:
             current = await _latest(seen)

@@ -1,8 +1,8 @@
 """Carries out the watch core's decisions: one WatchRunner per ``[[watch]]``.
 
 The runner feeds the core what the monitors hear and what operators put, sends
-the restarts it asks for (procServ or procServControl, IOCs in the listed
-order), records restarts and outcomes in the state database and shows the
+the restarts it asks for through the watch's restart backend (IOCs in the listed
+order; :mod:`.backend`), records restarts and outcomes in the state database and shows the
 watch on its PVs. It has no policy of its own.
 """
 
@@ -19,13 +19,10 @@ from ..ca.watch_pvs import WatchPVs, WatchView
 from ..core.watch import Action, Outcome, Restart, WatchCore, WatchState
 from ..settings import WatchSettings
 from ..state_db import StateDB, wall_now
-from . import procserv, pv_backend
+from .backend import RestartBackend, RestartError
 from .monitor import PvMonitor, PvUpdate
 
 log = logging.getLogger("bgrscrpt_ioc.watch")
-
-MODE_JOURNAL = "procserv-mode"
-"""State database settings slot: procServ endpoint -> the auto-restart mode to put back."""
 
 KICK_INTERVAL = 0.05  # while verifying with PVs not found yet: search again this often
 SEARCH_AHEAD = 1.0  # before a restart can fall due: search afresh for PVs shown disconnected
@@ -45,15 +42,22 @@ class WatchRunner:
         db: StateDB,
         monitor: PvMonitor,
         dry_run: Callable[[], bool],
+        backend: RestartBackend,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``backend`` restarts the IOCs (built once, for this watch's ``via``).
+        ``clock``: the core's clock for updates, puts and restarts; a fake one only
+        for tests that do not :meth:`start` the runner (its ticks use time.monotonic)."""
         self.settings = settings
         self.name = settings.name
         self.prefix = prefix
         self.db = db
         self.monitor = monitor
         self.dry_run = dry_run
+        self.backend = backend
+        self.clock = clock
         self.group: WatchPVs | None = None
-        now, wall = time.monotonic(), time.time()
+        now, wall = clock(), time.time()
         history = db.watch_history(self.name)
         enabled = db.setting(f"watch:{self.name}", "enable") != "0"
         self.core = WatchCore(
@@ -80,7 +84,6 @@ class WatchRunner:
         self._ahead: asyncio.TimerHandle | None = None  # the next search ahead of a restart
         self._stale_logged = False
         self._values = set(settings.values)
-        self.journal = DbModeJournal(db)
 
     # ---- what the PVs and operators do -------------------------------------------
 
@@ -91,24 +94,29 @@ class WatchRunner:
             matches = _value_matches(update.value, self._values)
         self._apply(
             self.core.update(
-                time.monotonic(),
+                self.clock(),
                 update.name,
                 connected=update.connected,
                 severity=update.severity,
                 value_matches=matches,
+                reason=update.reason,
             )
         )
 
+    def on_reason(self, name: str, reason: str) -> None:
+        """Why a watched PV that is not connected is not, from the monitor, in words."""
+        self._apply(self.core.note_reason(self.clock(), name, reason))
+
     def set_enabled(self, enabled: bool) -> None:
         """ENABLE put; a ValueError (WatchRefused) rejects it."""
-        actions = self.core.set_enabled(time.monotonic(), enabled)
+        actions = self.core.set_enabled(self.clock(), enabled)
         self.db.set_setting(f"watch:{self.name}", "enable", "1" if enabled else "0")
         log.info("watch %s: %s", self.name, self.core.msg)
         self._apply(actions)
 
     def restart_now(self) -> None:
         """RESTART put: a manual restart through the same path."""
-        actions = self.core.manual_restart(time.monotonic())
+        actions = self.core.manual_restart(self.clock())
         log.info("watch %s: restart by hand", self.name)
         self._apply(actions)
 
@@ -241,14 +249,13 @@ class WatchRunner:
     # ---- restarts ----------------------------------------------------------------
 
     async def _restart(self, action: Restart) -> None:
-        settings = self.settings
-        iocs = list(settings.restart)
-        how = "procServ" if settings.via == "procserv" else "procServControl"
+        iocs = list(self.settings.restart)
+        how = self.backend.via
         if self.dry_run():
             what = f"DRYRUN: would restart {', '.join(iocs)} via {how} ({action.reason})"
             log.warning("watch %s: %s", self.name, what)
             self.db.watch_event(self.name, "dry-run", what)
-            self._apply(self.core.restart_sent(time.monotonic(), what, dry_run=True))
+            self._apply(self.core.restart_sent(self.clock(), what, dry_run=True))
             return
         log.warning("watch %s: restarting %s via %s: %s", self.name, iocs, how, action.reason)
         self._restart_id = self.db.watch_restart_began(self.name, iocs, manual=action.manual)
@@ -256,27 +263,10 @@ class WatchRunner:
         done: list[str] = []
         try:
             for ioc in iocs:
-                if settings.via == "procserv":
-                    endpoint = settings.procserv[ioc]
-                    result = await procserv.restart(
-                        endpoint,
-                        journal=self.journal,
-                        leave_as=self.db.setting(MODE_JOURNAL, endpoint),
-                    )
-                    log.info(
-                        "watch %s: %s restarted, pid %s -> %s (auto restart %s) in %.2f s",
-                        self.name,
-                        ioc,
-                        result.old_pid,
-                        result.new_pid,
-                        result.mode,
-                        result.took,
-                    )
-                else:
-                    shown = await pv_backend.restart(self.monitor.context, self.prefix, ioc)
-                    log.info("watch %s: %s restarted (%s)", self.name, ioc, shown)
-                done.append(ioc)
-        except (procserv.ProcServError, pv_backend.PvRestartError) as exc:
+                shown = await self.backend.restart(ioc)
+                log.info("watch %s: %s", self.name, shown)
+                done.append(self.backend.label(ioc))
+        except RestartError as exc:
             why = str(exc) if not done else f"restarted {', '.join(done)}, then: {exc}"
             self._failed(why)
             return
@@ -287,25 +277,12 @@ class WatchRunner:
             log.exception("watch %s: restart failed", self.name)
             self._failed(f"restart failed: {type(exc).__name__}: {exc}")
             return
-        what = f"restarted {', '.join(iocs)}"
+        what = f"restarted {', '.join(done)}"
         self.db.watch_restart_outcome(self._restart_id, "sent", what)
-        self._apply(self.core.restart_sent(time.monotonic(), what))
+        self._apply(self.core.restart_sent(self.clock(), what))
 
     def _failed(self, why: str) -> None:
-        self._apply(self.core.restart_failed(time.monotonic(), why))
-
-
-class DbModeJournal:
-    """Notes in the state database the procServ modes a restart has yet to put back."""
-
-    def __init__(self, db: StateDB):
-        self.db = db
-
-    def mode_changed(self, endpoint: str, found: str) -> None:
-        self.db.set_setting(MODE_JOURNAL, endpoint, found)
-
-    def mode_restored(self, endpoint: str) -> None:
-        self.db.clear_setting(MODE_JOURNAL, endpoint)
+        self._apply(self.core.restart_failed(self.clock(), why))
 
 
 def _value_matches(value: object, wanted: set[str | int | float]) -> bool:

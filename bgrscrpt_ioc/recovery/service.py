@@ -14,8 +14,9 @@ from ..ca.watch_pvs import WatchPVSet, build_watch_pvs
 from ..settings import WatchSettings
 from ..state_db import StateDB
 from . import procserv
+from .backend import MODE_JOURNAL, make_backend
 from .monitor import PvMonitor, PvUpdate
-from .runner import MODE_JOURNAL, WatchRunner
+from .runner import WatchRunner
 
 log = logging.getLogger("bgrscrpt_ioc.watch")
 
@@ -36,9 +37,16 @@ class WatchService:
             log.warning("%d restart(s) were cut short when the IOC last stopped", closed)
         self._dry_run = db.setting("watch", "dryrun") == "1"
         self.context = Context(timeout=None)
-        self.monitor = PvMonitor(self.context, self._dispatch)
+        self.monitor = PvMonitor(self.context, self._dispatch, on_reason=self._dispatch_reason)
         self.runners = [
-            WatchRunner(w, prefix=prefix, db=db, monitor=self.monitor, dry_run=self.dry_run)
+            WatchRunner(
+                w,
+                prefix=prefix,
+                db=db,
+                monitor=self.monitor,
+                dry_run=self.dry_run,
+                backend=make_backend(w, context=self.context, prefix=prefix, db=db),
+            )
             for w in watches
         ]
         self._by_pv: dict[str, list[WatchRunner]] = {}
@@ -70,6 +78,13 @@ class WatchService:
                 runner.on_update(update)
             except Exception:  # one watch's bug must not silence the others
                 log.exception("watch %s: handling %s failed", runner.name, update.name)
+
+    def _dispatch_reason(self, name: str, reason: str) -> None:
+        for runner in self._by_pv.get(name, ()):
+            try:
+                runner.on_reason(name, reason)
+            except Exception:  # one watch's bug must not silence the others
+                log.exception("watch %s: handling %s failed", runner.name, name)
 
     async def start(self) -> None:
         """Subscribe to every watched PV and start the runners."""

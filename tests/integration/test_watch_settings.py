@@ -27,7 +27,20 @@ BAD_WATCHES = [
     ("severity", GOOD + 'severity = "BAD"\n', 6, "watch.ZF.severity", "INVALID"),
     ("disconnected", GOOD + 'disconnected = "yes"\n', 6, "watch.ZF.disconnected", "true or"),
     ("values mixed", GOOD + 'values = ["A", 1]\n', 6, "watch.ZF.values", "list of"),
-    ("via", GOOD + 'via = "ssh"\n', 6, "watch.ZF.via", '"procserv" or "pv"'),
+    ("via", GOOD + 'via = "ssh"\n', 6, "watch.ZF.via", '"procserv", "pv" or "peer"'),
+    ("peer not a table", GOOD + 'via = "peer"\npeer = "IN:B:"\n', 7, "watch.ZF.peer",
+     "must be a table"),
+    ("no remote watch", GOOD + 'via = "peer"\n', 1, "watch.ZF.peer",
+     "no remote watch for ZFCNTRL_01"),
+    ("peer an IOC prefix", GOOD + 'via = "peer"\npeer = { ZFCNTRL_01 = "IN:B:" }\n', 7,
+     "watch.ZF.peer", "not a remote watch's PV prefix"),
+    ("peer for another IOC", GOOD + 'peer = { X = "IN:B:BGRSCRPT:WATCH:ZF:" }\n', 6,
+     "watch.ZF.peer", "X is not in restart"),
+    ("peer names a watch twice", GOOD.replace('restart = ["ZFCNTRL_01"]',
+     'restart = ["ZFCNTRL_01", "ZFMAGFLD_01"]').replace("procserv = {",
+     'procserv = { ZFMAGFLD_01 = "127.0.0.1:2", ') + 'peer = { ZFCNTRL_01 = '
+     '"IN:B:BGRSCRPT:WATCH:ZF:", ZFMAGFLD_01 = "IN:B:BGRSCRPT:WATCH:ZF:" }\n', 6,
+     "watch.ZF.peer", "name the same remote watch"),
     ("not PV-safe", GOOD.replace('"ZF"', '"ZF:1"'), 2, "watch[0].name", "PV names"),
     ("no name", GOOD.replace('name = "ZF"\n', ""), 1, "watch[0].name", "letters"),
     ("no pvs", GOOD.replace('pvs = ["IN:EMU:ZFCNTRL_01:FIELD:MAGNITUDE"]\n', ""), 1,
@@ -69,6 +82,17 @@ def test_bad_watch_settings_exit_2_with_file_line_and_key(tmp_path, text, line, 
     assert message.startswith(f"{config}:{line}: {key}: "), message
     assert problem in message, message
     assert not (tmp_path / "var").exists()  # nothing started
+
+
+def test_peer_backend_needs_no_procserv_table(tmp_path):
+    text = GOOD.replace(
+        'procserv = { ZFCNTRL_01 = "127.0.0.1:20001" }\n',
+        'via = "peer"\npeer = { ZFCNTRL_01 = "IN:NDXEMU:BGRSCRPT:WATCH:ZF:" }\n',
+    )
+    (tmp_path / "bgrscrpt.toml").write_text(text)
+    result = run_cli(["--config-dir", str(tmp_path), "--list-pvs", "--prefix", "P:"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "P:BGRSCRPT:WATCH:ZF:STATE" in result.stdout.split()
 
 
 def test_pv_backend_needs_no_procserv_table(tmp_path):

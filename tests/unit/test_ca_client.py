@@ -276,6 +276,26 @@ async def test_a_name_no_search_carries_is_refused_and_harms_nothing(link):
         await ctx.disconnect()
 
 
+async def test_a_put_the_server_refuses_is_answered_at_once(link):
+    # caproto's asyncio client ignored the server's error reply to a put: a put
+    # with wait=True waited out its whole timeout and raised a timeout, where
+    # libca calls back at once with the server's error. A watch's restart put
+    # refused by its peer must say why, not "did not answer".
+    server, _relay = link
+    ctx = AsyncContext(timeout=None)
+    try:
+        (pv,) = await ctx.get_pvs(server.prefix + "REFUSE", timeout=None)
+        await pv.wait_for_connection(timeout=10)
+        response = await pv.write([1], wait=True, timeout=20)
+        assert isinstance(response, caproto.ErrorResponse)
+        assert response.status.name == "ECA_PUTFAIL"
+        assert "refused by the device" in (fixed_asyncio.refusal(response) or "")
+        assert (await pv.read(timeout=10)).data[0] == 0
+        assert fixed_asyncio.refusal(await pv.write([0], wait=True, timeout=10)) is not None
+    finally:
+        await ctx.disconnect()
+
+
 def _owner(task: asyncio.Task) -> Any:
     frame = getattr(task.get_coro(), "cr_frame", None)
     return None if frame is None else frame.f_locals.get("self")
@@ -350,6 +370,62 @@ async def test_a_watched_pv_silent_longer_than_the_connection_timeout_is_recreat
     assert updates == [PvUpdate(server.name, True, 0, 1.0, updates[-1].timestamp)]
     await monitor.close()
     await ctx.disconnect()
+
+
+class Reasons:
+    """What a monitor said about a PV that is not connected: its updates and reasons."""
+
+    def __init__(self) -> None:
+        self.updates: list[PvUpdate] = []
+        self.reasons: list[str] = []
+
+    def on_reason(self, name: str, reason: str) -> None:
+        self.reasons.append(reason)
+
+    async def wait(self, condition: Callable[[], Any], what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"no {what}: {vars(self)}"
+            await asyncio.sleep(0.05)
+
+
+async def test_a_watched_pv_that_disconnects_says_why(link):
+    # caproto keeps no reason for a lost circuit: a watch could only say
+    # "disconnected". The monitor's update carries it, and later news too.
+    server, relay = link
+    said = Reasons()
+    ctx = fixed_asyncio.Context(timeout=None)
+    monitor = PvMonitor(ctx, said.updates.append, on_reason=said.on_reason)
+    try:
+        await monitor.add([server.name])
+        await said.wait(lambda: said.updates and said.updates[-1].connected, "connection")
+        relay.cut()  # not a byte either way: after the echo, "unresponsive"
+        await said.wait(lambda: not said.updates[-1].connected, "disconnection")
+        unresponsive = f"unresponsive server at 127.0.0.1:{relay.port}"
+        assert said.updates[-1].reason.startswith(unresponsive), said.updates[-1]
+        # Re-created, and searched for in vain: the first cause is kept.
+        await said.wait(lambda: said.reasons, "a later reason")
+        assert said.reasons[-1].startswith(unresponsive), said.reasons
+        assert said.reasons[-1].endswith("; no server answers its search since"), said.reasons
+    finally:
+        await monitor.close()
+        await ctx.disconnect()
+
+
+async def test_a_watched_pv_whose_server_refuses_the_circuit_says_so(link):
+    server, relay = link
+    relay.circuits("refuse")  # searches are answered, connections refused
+    said = Reasons()
+    ctx = fixed_asyncio.Context(timeout=None)
+    monitor = PvMonitor(ctx, said.updates.append, on_reason=said.on_reason)
+    try:
+        await monitor.add([server.name])
+        refused = f"cannot connect to 127.0.0.1:{relay.port}: connection refused"
+        await said.wait(lambda: refused in said.reasons, "the refusal")
+        assert not said.updates  # never connected: no update, only the reason
+    finally:
+        await monitor.close()
+        await ctx.disconnect()
 
 
 # ---- the threading client --------------------------------------------------------------

@@ -21,6 +21,7 @@ from bgrscrpt_ioc.recovery.runner import WatchRunner
 from bgrscrpt_ioc.settings import SlotSettings, WatchSettings
 from bgrscrpt_ioc.state_db import StateDB
 from bgrscrpt_ioc.supervisor.runner import SlotRunner
+from tests.unit.fake_backend import FakeBackend
 
 RUN_FOR = 1.0
 TOO_MANY = 200  # ticks in RUN_FOR: far more than any deadline schedule asks for
@@ -70,7 +71,10 @@ def _watch_runner(tmp_path: Path, policy: WatchPolicy) -> WatchRunner:
         name="NEVER", pvs=("NOSUCH:PV",), restart=("X",), via="pv", policy=policy
     )
     db = StateDB(tmp_path / "state.sqlite")
-    return WatchRunner(settings, prefix="T:", db=db, monitor=_Monitor(), dry_run=lambda: False)  # type: ignore[arg-type]
+    return WatchRunner(
+        settings, prefix="T:", db=db, monitor=_Monitor(), dry_run=lambda: False,  # type: ignore[arg-type]
+        backend=FakeBackend(),
+    )  # fmt: skip
 
 
 async def test_watch_runner_with_a_pv_that_never_connects_keeps_the_loop_free(tmp_path):

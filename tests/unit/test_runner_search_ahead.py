@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from bgrscrpt_ioc.core.watch import WatchPolicy, WatchState
-from bgrscrpt_ioc.recovery import pv_backend
 from bgrscrpt_ioc.recovery.monitor import PvUpdate
 from bgrscrpt_ioc.recovery.runner import SEARCH_AHEAD, WatchRunner
 from bgrscrpt_ioc.settings import WatchSettings
 from bgrscrpt_ioc.state_db import StateDB
+from tests.unit.fake_backend import FakeBackend
 
 PV = "TARGET:VALUE"
 
@@ -41,11 +41,14 @@ class Monitor:
             asyncio.get_running_loop().call_later(0.02, self.runner.on_update, update)
 
 
-def make_runner(tmp_path: Path, policy: WatchPolicy, monitor: Monitor) -> WatchRunner:
+def make_runner(
+    tmp_path: Path, policy: WatchPolicy, monitor: Monitor, restarts: list[float]
+) -> WatchRunner:
     settings = WatchSettings(name="W", pvs=(PV,), restart=("X",), via="pv", policy=policy)
     runner = WatchRunner(
         settings, prefix="T:", db=StateDB(tmp_path / "state.sqlite"), monitor=monitor,  # type: ignore[arg-type]
         dry_run=lambda: False,
+        backend=FakeBackend(on_call=lambda ioc: restarts.append(time.monotonic())),
     )  # fmt: skip
     monitor.runner = runner
     return runner
@@ -58,19 +61,11 @@ async def wait_for(condition, timeout: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_fresh_search_goes_out_before_a_restart_for_a_disconnected_pv(
-    tmp_path, monkeypatch
-):
+async def test_a_fresh_search_goes_out_before_a_restart_for_a_disconnected_pv(tmp_path):
     restarts: list[float] = []
-
-    async def restart(context, prefix, ioc):
-        restarts.append(time.monotonic())
-        return "restarted"
-
-    monkeypatch.setattr(pv_backend, "restart", restart)
     monitor = Monitor()
     policy = WatchPolicy(disconnected=True, connect_grace=0.0, delay=1.5, verify_timeout=30)
-    runner = make_runner(tmp_path, policy, monitor)
+    runner = make_runner(tmp_path, policy, monitor, restarts)
     runner.start()
     try:
         await wait_for(lambda: restarts, 5, "the restart")
@@ -82,21 +77,13 @@ async def test_a_fresh_search_goes_out_before_a_restart_for_a_disconnected_pv(
     assert restarts[0] - before[-1] <= SEARCH_AHEAD + 0.5
 
 
-async def test_a_failed_watch_whose_pv_answers_the_search_ahead_does_not_restart_again(
-    tmp_path, monkeypatch
-):
+async def test_a_failed_watch_whose_pv_answers_the_search_ahead_does_not_restart_again(tmp_path):
     restarts: list[float] = []
-
-    async def restart(context, prefix, ioc):
-        restarts.append(time.monotonic())
-        return "restarted"
-
-    monkeypatch.setattr(pv_backend, "restart", restart)
     monitor = Monitor()
     policy = WatchPolicy(
         disconnected=False, connect_grace=0.0, delay=0.0, verify_timeout=0.3, backoff=2.0
     )
-    runner = make_runner(tmp_path, policy, monitor)
+    runner = make_runner(tmp_path, policy, monitor, restarts)
     runner.start()
     try:
         # The PV is seen INVALID: restarted at once, never heard from again (an outage).
