@@ -346,15 +346,30 @@ class WatchCore:
         self._enter(WatchState.VERIFYING, now, f"{what}; verifying")
         return self.tick(now)
 
-    def restart_failed(self, now: float, why: str, *, dry_run: bool = False) -> list[Action]:
-        """The restart could not be sent or confirmed (``why`` says so, in words)."""
+    def restart_failed(
+        self, now: float, why: str, *, dry_run: bool = False, reached: bool = True
+    ) -> list[Action]:
+        """The restart could not be sent or confirmed (``why`` says so, in words).
+
+        ``reached``: False when the request reached nothing that could restart the
+        IOC (a peer on a host cut off from this one): it is retried after
+        ``backoff``, not growing it, and does not count towards LOCKOUT, so that a
+        network partition does not lock out a watch that never touched its IOC.
+        """
         if self.state is not WatchState.RESTARTING:
             return []
         # An attempt counts even when it failed: it may have killed the IOC half-way.
         if not dry_run:
             self.restart_count += 1
-            self.history.append(self._restart_began)
+            if reached:
+                self.history.append(self._restart_began)
         self._restart_what = why
+        if not reached:
+            failures, self.failures = self.failures, 0
+            try:
+                return self._fail(now, why)
+            finally:
+                self.failures = failures
         return self._fail(now, why)
 
     # ---- internals ----------------------------------------------------------------
