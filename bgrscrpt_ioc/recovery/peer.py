@@ -58,11 +58,14 @@ class _Remote:
         return self.state is not None and self.count is not None and self.msg is not None
 
     async def on_state(self, sub: Any, response: Any) -> None:
-        self.state = _text(response.data[0])
+        self.state = _text(response.data[0]) if len(response.data) else ""
         self.news.set()
 
     async def on_count(self, sub: Any, response: Any) -> None:
-        self.count = int(response.data[0])
+        try:
+            self.count = int(float(response.data[0]))
+        except (TypeError, ValueError, IndexError, OverflowError):
+            self.count = -1  # not a watch's RESTART_CNT: never goes up, so never done
         self.news.set()
 
     async def on_msg(self, sub: Any, response: Any) -> None:

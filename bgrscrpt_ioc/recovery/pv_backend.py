@@ -16,7 +16,7 @@ from typing import Any
 from caproto import CaprotoError, ChannelType
 from caproto.asyncio.client import Context
 
-from ..ca.client import refusal
+from ..ca.client import refusal, why_not_connected
 
 CONNECT_TIMEOUT = 5.0
 DOWN_TIMEOUT = 3.0  # how long STATUS may take to show the restart
@@ -42,7 +42,7 @@ async def restart(context: Context, prefix: str, ioc: str) -> str:
             await pv.wait_for_connection(timeout=CONNECT_TIMEOUT)
         except (TimeoutError, CaprotoError):
             raise PvRestartError(
-                f"{pv.name} does not connect: is procServControl running?"
+                f"{pv.name} does not connect ({why_not_connected(pv)}): is procServControl running?"
             ) from None
     seen: asyncio.Queue[str] = asyncio.Queue()
 

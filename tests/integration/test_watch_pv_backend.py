@@ -150,6 +150,7 @@ backoff = 60.0
     wait_for(lambda: ioc.get("BGRSCRPT:WATCH:SIM:STATE", as_string=True) == "FAILED", T, "FAILED")
     msg = ioc.get("BGRSCRPT:WATCH:SIM:MSG", as_string=True, count=1024)
     assert f"{prefix}CS:PS:NOT_THERE:RESTART does not connect" in msg, msg
+    assert "(no server answers its search)" in msg, msg
 
 
 SCRIPT = """
