@@ -364,13 +364,7 @@ class WatchCore:
             if reached:
                 self.history.append(self._restart_began)
         self._restart_what = why
-        if not reached:
-            failures, self.failures = self.failures, 0
-            try:
-                return self._fail(now, why)
-            finally:
-                self.failures = failures
-        return self._fail(now, why)
+        return self._fail(now, why, grow=reached)
 
     # ---- internals ----------------------------------------------------------------
 
@@ -412,9 +406,13 @@ class WatchCore:
     def _pv_ok(self, pv: _Pv) -> bool:
         return pv.connected and pv.severity < self.policy.severity and not pv.value_matches
 
-    def _fail(self, now: float, why: str) -> list[Action]:
-        wait = min(self.policy.backoff * 2.0**self.failures, self.policy.backoff_max)
-        self.failures += 1
+    def _fail(self, now: float, why: str, *, grow: bool = True) -> list[Action]:
+        """FAILED until ``backoff`` from now, doubled for each failure in a row
+        (``grow``: this one is such a failure)."""
+        doubled = self.policy.backoff * 2.0 ** (self.failures if grow else 0)
+        wait = min(doubled, self.policy.backoff_max)
+        if grow:
+            self.failures += 1
         self._last_failure = why
         self._retry_at = now + wait
         self._enter(WatchState.FAILED, now, f"{why}; next attempt in {wait:g} s")
