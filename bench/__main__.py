@@ -21,7 +21,7 @@ CORE_FIGURES = ("start_latency", "ca_roundtrip", "load", "footprint")
 CORE_PORTS = 6  # one per server: 1 + 2 + 1 + 2
 # Figures of later parts of the IOC, each a module ``bench.<name>`` with NAME,
 # PORTS, run(workdir, pool) -> dict, summary_rows(result) and section(result).
-PLUGINS: tuple[str, ...] = ("plot", "recovery", "accounting", "stopped_client")
+PLUGINS: tuple[str, ...] = ("plot", "recovery", "accounting", "stopped_client", "multihost")
 # Ports are reserved before any module imports epics, so each plugin gets a budget.
 PLUGIN_PORTS = 48
 FIGURES = CORE_FIGURES + PLUGINS
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = (
                 "error"
                 if "error" in results[name]
+                else "not measured"
+                if "not_measured" in results[name]
                 else ("goal met" if results[name].get("met") else "goal NOT met")
             )
             print(

@@ -474,8 +474,9 @@ def write(
     lines += _table(
         ["figure", "bgrscrpt_ioc", "peer (same run)", "ratio", "goal", "goal met"], rows
     )
-    met = [r.get("met") for r in results.values() if "error" not in r]
-    errors = [k for k, r in results.items() if "error" in r]
+    # A figure that cannot run here (e.g. it needs root) says why in its own rows.
+    met = [r.get("met") for r in results.values() if "error" not in r and "not_measured" not in r]
+    errors = [k for k, r in results.items() if "error" in r or "not_measured" in r]
     lines += [
         f"Goals met: {sum(1 for m in met if m)} of {len(met)} figures measured"
         + (f"; not measured: {', '.join(errors)}" if errors else "")
@@ -508,7 +509,7 @@ def write(
     clean = {
         name: r.get("ioc_stopped_cleanly", r.get("ioc", {}).get("stopped_cleanly"))
         for name, r in results.items()
-        if "error" not in r
+        if "error" not in r and "not_measured" not in r
     }
     lines += [
         "## Clean-up",

@@ -89,6 +89,10 @@ START_BUSY_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 """At shutdown, how long to go on trying to write what is still queued."""
 
+NOT_SENT = "not sent"
+"""A watch restart's outcome when the request reached nothing that could restart
+the IOC: it counts neither towards LOCKOUT nor towards the back-off."""
+
 
 def wall_now() -> str:
     """Wall-clock time for people to read, with the local offset."""
@@ -427,8 +431,9 @@ class StateDB:
         recent = [
             float(row[0])
             for row in db.execute(
-                "SELECT epoch FROM watch_restarts WHERE watch = ? AND epoch > ? ORDER BY id",
-                (watch, since),
+                "SELECT epoch FROM watch_restarts WHERE watch = ? AND epoch > ? "
+                "AND outcome IS NOT ? ORDER BY id",
+                (watch, since, NOT_SENT),
             )
         ]
         state = db.execute(
@@ -443,7 +448,8 @@ class StateDB:
         ):
             if outcome == "recovered":
                 break
-            failures += 1
+            if outcome != NOT_SENT:
+                failures += 1
         locked_out = state is not None and state[0] == "lockout"
         return WatchHistory(
             restart_count=int(count) + self._restart_base.get(watch, 0),

@@ -163,7 +163,8 @@ class SimDevice:
         assert host == "127.0.0.1", self.control
         return int(port)
 
-    def start(self) -> Self:
+    def command(self) -> list[str]:
+        """The IOC's command line (procServ's, with the IOC's after it, under procServ)."""
         command = sim_command(self.prefix, self.devices, **self.macros)
         if self.use_procserv:
             command = [
@@ -176,10 +177,16 @@ class SimDevice:
                 "--port", self.control,
                 *command,
             ]  # fmt: skip
+        return command
+
+    def environment(self) -> dict[str, str]:
+        return base_ioc_env(self.port)
+
+    def start(self) -> Self:
         self._out = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            command,
-            env=base_ioc_env(self.port),
+            self.command(),
+            env=self.environment(),
             stdin=subprocess.PIPE if not self.use_procserv else subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -189,19 +196,27 @@ class SimDevice:
         self.wait_serving()
         return self
 
+    def caget(self, pv: str, timeout: float) -> Any:
+        """A fresh read of ``pv`` by a CA client that can reach this device (a
+        subclass on another host reads through a client there)."""
+        return _caget(pv, timeout=timeout)
+
+    def caput(self, pv: str, value: Any) -> Any:
+        return _caput(pv, value, timeout=5.0)
+
     def wait_serving(self, timeout: float = 30.0) -> None:
         def serving() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.log_path.read_text()}")
-            return _caget(self.pv(), timeout=0.5) is not None
+            return self.caget(self.pv(), timeout=0.5) is not None
 
         wait_for(serving, timeout, f"{self.name} to serve {self.pv()}")
 
     def severity(self, device: str | None = None) -> int | None:
-        return _caget(self.pv(device, "VALUE.SEVR"), timeout=1.0)
+        return self.caget(self.pv(device, "VALUE.SEVR"), timeout=1.0)
 
     def fault(self, device: str | None = None) -> None:
-        assert _caput(self.pv(device, "FAULT"), 1, timeout=5.0) == 1
+        assert self.caput(self.pv(device, "FAULT"), 1) == 1
 
     def child_pid(self) -> int:
         """The PID of procServ's child, from procServ's own greeting."""

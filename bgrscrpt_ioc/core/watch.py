@@ -369,16 +369,25 @@ class WatchCore:
         self._enter(WatchState.VERIFYING, now, f"{what}; verifying")
         return self.tick(now)
 
-    def restart_failed(self, now: float, why: str, *, dry_run: bool = False) -> list[Action]:
-        """The restart could not be sent or confirmed (``why`` says so, in words)."""
+    def restart_failed(
+        self, now: float, why: str, *, dry_run: bool = False, reached: bool = True
+    ) -> list[Action]:
+        """The restart could not be sent or confirmed (``why`` says so, in words).
+
+        ``reached``: False when the request reached nothing that could restart the
+        IOC (a peer on a host cut off from this one): it is retried after
+        ``backoff``, not growing it, and does not count towards LOCKOUT, so that a
+        network partition does not lock out a watch that never touched its IOC.
+        """
         if self.state is not WatchState.RESTARTING:
             return []
         # An attempt counts even when it failed: it may have killed the IOC half-way.
         if not dry_run:
             self.restart_count += 1
-            self.history.append(self._restart_began)
+            if reached:
+                self.history.append(self._restart_began)
         self._restart_what = why
-        return self._fail(now, why)
+        return self._fail(now, why, grow=reached)
 
     # ---- internals ----------------------------------------------------------------
 
@@ -420,9 +429,13 @@ class WatchCore:
     def _pv_ok(self, pv: _Pv) -> bool:
         return pv.connected and pv.severity < self.policy.severity and not pv.value_matches
 
-    def _fail(self, now: float, why: str) -> list[Action]:
-        wait = min(self.policy.backoff * 2.0**self.failures, self.policy.backoff_max)
-        self.failures += 1
+    def _fail(self, now: float, why: str, *, grow: bool = True) -> list[Action]:
+        """FAILED until ``backoff`` from now, doubled for each failure in a row
+        (``grow``: this one is such a failure)."""
+        doubled = self.policy.backoff * 2.0 ** (self.failures if grow else 0)
+        wait = min(doubled, self.policy.backoff_max)
+        if grow:
+            self.failures += 1
         self._last_failure = why
         self._retry_at = now + wait
         self._enter(WatchState.FAILED, now, f"{why}; next attempt in {wait:g} s")

@@ -108,7 +108,9 @@ class Client:
         try:
             response = pv.read(data_type=data_type, timeout=self.timeout)
         except (TimeoutError, CaprotoError) as exc:
-            raise CaError(f"read of {self.name(suffix)} failed: {exc}") from None
+            raise CaError(
+                f"read of {self.name(suffix)} failed: {self._why(exc, self.timeout)}"
+            ) from None
         if isinstance(response, ErrorResponse):
             raise CaError(f"read of {self.name(suffix)} refused: {_reason(response)}")
         return Reading(_decode(pv, response.data), int(response.metadata.severity))
@@ -121,7 +123,9 @@ class Client:
         try:
             response = pv.read(data_type="native", timeout=self.timeout)
         except (TimeoutError, CaprotoError) as exc:
-            raise CaError(f"read of {self.name(suffix)} failed: {exc}") from None
+            raise CaError(
+                f"read of {self.name(suffix)} failed: {self._why(exc, self.timeout)}"
+            ) from None
         if isinstance(response, ErrorResponse):
             raise CaError(f"read of {self.name(suffix)} refused: {_reason(response)}")
         return int(response.data[0])
@@ -139,9 +143,19 @@ class Client:
         try:
             response = pv.write(data, wait=True, timeout=max(self.timeout, 5.0))
         except (TimeoutError, CaprotoError) as exc:
-            raise CaError(f"put to {self.name(suffix)} failed: {_first_line(exc)}") from None
+            raise CaError(
+                f"put to {self.name(suffix)} failed: {self._why(exc, max(self.timeout, 5.0))}"
+            ) from None
         if isinstance(response, ErrorResponse):
             raise CaError(f"put to {self.name(suffix)} refused: {_reason(response)}")
+
+    @staticmethod
+    def _why(exc: BaseException, timeout: float) -> str:
+        """Why a request failed, in the operator's words: caproto's text for a
+        timeout names its internals (ioids, channel names)."""
+        if isinstance(exc, TimeoutError):
+            return f"no reply from the IOC within {timeout:g} s"
+        return _first_line(exc)
 
     def follow(self, suffix: str) -> queue.Queue[Any]:
         """Every update of ``suffix`` (None when the connection drops) onto a queue."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from bgrscrpt_ioc.ca.pvdb import IOC_GROUP
 from bgrscrpt_ioc.ca.watch_pvs import WATCH_GROUP
@@ -25,6 +26,7 @@ DOWN_STATES = ("BACKOFF", "EXITED", "FATAL")
 # A START that the IOC refuses (no script, a syntax error) changes nothing but MSG;
 # this long without a new start means it was refused.
 START_GRACE = 3.0
+T = TypeVar("T")
 
 
 class Failed(Exception):
@@ -265,8 +267,10 @@ def _start_and_confirm(client: Client, slot: str, command: str, done: str, timeo
             return "failed", f"{slot}: not {done}: {msg or msg_before or 'no new run'}"
         return None
 
-    result = wait_until(outcome, timeout)
+    lost: list[str] = []
+    result = wait_until(_patiently(outcome, lost), timeout)
     if result is None:
+        _fail_if_lost(slot, command, lost, timeout)
         status = client.value(f"{slot}:STATUS")
         raise Failed(f"{slot}: not RUNNING after {timeout:g} s (STATUS {status}; see MSG and LOG)")
     kind, text = result
@@ -275,13 +279,42 @@ def _start_and_confirm(client: Client, slot: str, command: str, done: str, timeo
     return text
 
 
+def _patiently(check: Callable[[], T | None], lost: list[str]) -> Callable[[], T | None]:
+    """``check`` for :func:`wait_until`, once the command is sent: an IOC that stops
+    answering for a while (a network outage) is waited for rather than the end
+    of the command; ``lost`` holds the last failure while it lasts."""
+
+    def attempt() -> T | None:
+        try:
+            result = check()
+        except CaError as exc:
+            lost[:] = [str(exc)]
+            return None
+        lost.clear()
+        return result
+
+    return attempt
+
+
+def _fail_if_lost(slot: str, command: str, lost: list[str], timeout: float) -> None:
+    if lost:
+        raise Failed(
+            f"{slot}: {command} sent, then the IOC stopped answering ({lost[0]}); "
+            f"its outcome is unknown after {timeout:g} s: see `bgrscrpt status`"
+        )
+
+
 def stop(client: Client, slot: str, timeout: float) -> str:
     check_slot(client, slot)
     status = client.value(f"{slot}:STATUS")
     if status in ("STOPPED", "EXITED", "FATAL"):
         raise Failed(f"{slot}: not running (STATUS {status})")
     _put_command(client, slot, "STOP")
-    if not wait_until(lambda: client.value(f"{slot}:STATUS") == "STOPPED", timeout):
+    lost: list[str] = []
+    if not wait_until(
+        _patiently(lambda: client.value(f"{slot}:STATUS") == "STOPPED", lost), timeout
+    ):
+        _fail_if_lost(slot, "STOP", lost, timeout)
         status = client.value(f"{slot}:STATUS")
         raise Failed(f"{slot}: still {status} after {timeout:g} s: {client.value(f'{slot}:MSG')}")
     return f"{slot}: STOPPED: {client.value(f'{slot}:MSG')}"

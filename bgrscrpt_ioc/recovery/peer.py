@@ -120,7 +120,9 @@ class PeerBackend:
     async def restart(self, ioc: str) -> str:
         prefix = self.peers[ioc]
         if prefix == self.own:
-            raise RestartError(f"peer {prefix} is this watch itself: name another IOC's watch")
+            raise RestartError(
+                f"peer {prefix} is this watch itself: name another IOC's watch", reached=False
+            )
         remote = _Remote()
         try:
             restart_pv, *watched, dryrun_pv = await self.context.get_pvs(
@@ -164,22 +166,28 @@ class PeerBackend:
             why = why_not_connected(pv)
             raise RestartError(
                 f"peer {prefix} does not connect: {pv.name}: {why} (is the peer IOC "
-                "running, and its host in EPICS_CA_ADDR_LIST?)"
+                "running, and its host in EPICS_CA_ADDR_LIST?)",
+                reached=False,
             ) from None
 
     async def _restart(
         self, ioc: str, prefix: str, remote: _Remote, restart_pv: Any, dryrun_pv: Any
     ) -> str:
         if remote.state == "LOCKOUT":
-            raise RestartError(f"peer {prefix} is in LOCKOUT, not asked: {remote.msg}")
+            raise RestartError(
+                f"peer {prefix} is in LOCKOUT, not asked: {remote.msg}", reached=False
+            )
         if await _read_text(dryrun_pv) == "On":
-            raise RestartError(f"peer {prefix} has DRYRUN On: {ioc} was not restarted")
+            raise RestartError(
+                f"peer {prefix} has DRYRUN On: {ioc} was not restarted", reached=False
+            )
         if restart_pv.access_rights is not None and not (
             restart_pv.access_rights & AccessRights.WRITE
         ):
             raise RestartError(
                 f"peer {prefix} gives no write access to RESTART (its [access] write_hosts and "
-                "write_users must admit this host and user)"
+                "write_users must admit this host and user)",
+                reached=False,
             )
         before = remote.count or 0
         try:
@@ -191,7 +199,7 @@ class PeerBackend:
         if refused is not None:
             refused = refused.removeprefix("PutRejected: ")
             if "already under way" not in refused:
-                raise RestartError(f"peer {prefix} refused the restart: {refused}")
+                raise RestartError(f"peer {prefix} refused the restart: {refused}", reached=False)
             # Its own restart is under way: its outcome is ours as well.
         until = time.monotonic() + self.follow_timeout
         while True:

@@ -6,7 +6,16 @@ from typing import Protocol
 
 
 class RestartError(Exception):
-    """A restart that did not happen as it should; the text says why, for MSG."""
+    """A restart that did not happen as it should; the text says why, for MSG.
+
+    ``reached``: False when the request certainly reached nothing that could
+    restart the IOC (a peer that does not connect, or refuses before acting): such
+    an attempt cannot have harmed the IOC, so it does not count towards LOCKOUT.
+    """
+
+    def __init__(self, text: str, *, reached: bool = True):
+        super().__init__(text)
+        self.reached = reached
 
 
 class RestartBackend(Protocol):

@@ -18,7 +18,7 @@ from ..aio import DeadlineTimer, cancel_and_wait
 from ..ca.watch_pvs import WatchView
 from ..core.watch import Action, Outcome, Restart, WatchCore, WatchState
 from ..settings import WatchSettings
-from ..state_db import StateDB, wall_now
+from ..state_db import NOT_SENT, StateDB, wall_now
 from .backend import RestartBackend, RestartError
 from .monitor import PvMonitor, PvUpdate
 
@@ -241,7 +241,7 @@ class WatchRunner:
                 done.append(self.backend.label(ioc))
         except RestartError as exc:
             why = str(exc) if not done else f"restarted {', '.join(done)}, then: {exc}"
-            self._failed(why)
+            self._failed(why, reached=exc.reached or bool(done))
             return
         except asyncio.CancelledError:
             self.db.watch_restart_outcome(self._restart_id, "interrupted", "the IOC stopped")
@@ -254,8 +254,16 @@ class WatchRunner:
         self.db.watch_restart_outcome(self._restart_id, "sent", what)
         self._apply(self.core.restart_sent(self.clock(), what))
 
-    def _failed(self, why: str) -> None:
-        self._apply(self.core.restart_failed(self.clock(), why))
+    def _failed(self, why: str, *, reached: bool = True) -> None:
+        if not reached and self._restart_id:
+            # Recorded as such, so that it does not count towards LOCKOUT after a
+            # restart of this IOC either (see StateDB.watch_history).
+            try:
+                self.db.watch_restart_outcome(self._restart_id, NOT_SENT, why)
+            except Exception:  # a full disk must not stop the watch
+                log.exception("watch %s: cannot record the failed restart", self.name)
+            self._restart_id = 0
+        self._apply(self.core.restart_failed(self.clock(), why, reached=reached))
 
 
 def _value_matches(value: object, wanted: set[str | int | float]) -> bool:

@@ -142,3 +142,23 @@ async def test_a_peer_that_is_not_there_says_so(remote):
     gone = PeerBackend(remote.context, {"T1": f"{P}NONE:BGRSCRPT:WATCH:T1:"}, connect_timeout=0.5)
     with pytest.raises(RestartError, match="does not connect: .*: no server answers its search"):
         await gone.restart("T1")
+
+
+async def caught(remote: RemoteWatch, peer: PeerBackend | None = None) -> RestartError:
+    with pytest.raises(RestartError) as error:
+        await (peer or backend(remote)).restart("T1")
+    return error.value
+
+
+async def test_only_a_request_that_reached_the_peer_counts_as_reached(remote):
+    """``reached`` False: nothing the peer could restart with was asked (a watch
+    so told does not count the attempt towards its LOCKOUT)."""
+    gone = PeerBackend(remote.context, {"T1": f"{P}NONE:BGRSCRPT:WATCH:T1:"}, connect_timeout=0.5)
+    assert not (await caught(remote, gone)).reached
+    remote.refuse = "the watch is disabled; put ENABLE 1 first"
+    assert not (await caught(remote)).reached
+    remote.refuse = None
+    remote.steps = [(0.05, view(WatchState.FAILED, 5, "procServ at 127.0.0.1:1 refused; x"))]
+    assert (await caught(remote)).reached  # it tried: it may have killed the IOC
+    await remote.group.publish(view(WatchState.LOCKOUT, 5, "LOCKOUT: 3 restarts in 3600 s"))
+    assert not (await caught(remote)).reached

@@ -302,6 +302,24 @@ def test_restart_that_could_not_be_sent_is_failed_and_counts(clock):
     assert len(core.history) == 1
 
 
+def test_a_restart_that_reached_nothing_is_retried_and_never_locks_out(clock):
+    """A peer on a host cut off from this one: every attempt fails before it
+    reaches anything that could restart the IOC. The watch retries after
+    ``backoff`` for as long as that lasts, and acts once the peer answers."""
+    core = restarting(clock)
+    for attempt in range(1, 3 * POLICY.max_restarts):
+        core.restart_failed(clock(), "peer P: does not connect", reached=False)
+        assert core.state is WatchState.FAILED, attempt
+        assert core.msg.endswith(f"; next attempt in {POLICY.backoff:g} s"), core.msg
+        assert restarts(core.tick(clock(POLICY.backoff))), attempt
+        assert core.state is WatchState.RESTARTING
+    assert core.restart_count == 3 * POLICY.max_restarts - 1  # RESTART_CNT shows each
+    assert core.history == []
+    # The one that reaches the peer counts, as every restart does.
+    core.restart_sent(clock(), "restarted X")
+    assert len(core.history) == 1
+
+
 def test_target_dying_again_during_verification(clock):
     core = restarting(clock)
     core.restart_sent(clock(), "restarted X")

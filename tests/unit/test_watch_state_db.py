@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bgrscrpt_ioc.state_db import StateDB
+from bgrscrpt_ioc.state_db import NOT_SENT, StateDB
 
 
 def test_history_counts_restarts_failures_and_lockout_across_reopen(tmp_path):
@@ -49,4 +49,17 @@ def test_cleared_lockout_resets_the_window_and_failures(tmp_path):
     db.watch_restart_outcome(rid, "recovered", "recovered in 1.0 s")
     history = db.watch_history("ZF")
     assert history.failures == 0 and len(history.recent) == 1
+    db.close()
+
+
+def test_a_restart_that_reached_nothing_counts_towards_neither_lockout_nor_back_off(tmp_path):
+    db = StateDB(tmp_path / "state.sqlite")
+    for _ in range(5):
+        rid = db.watch_restart_began("ZF", ["A"], manual=False)
+        db.watch_restart_outcome(rid, NOT_SENT, "peer P: does not connect")
+    rid = db.watch_restart_began("ZF", ["A"], manual=False)
+    db.watch_restart_outcome(rid, "failed", "not recovered within 60 s")
+    history = db.watch_history("ZF")
+    assert len(history.recent) == 1 and history.failures == 1
+    assert history.restart_count == 6
     db.close()
