@@ -45,10 +45,18 @@ def _caget(pvname: str, timeout: float, **kw: Any) -> Any:
     return epics.caget(pvname, timeout=timeout, use_monitor=False, **kw)
 
 
+CONNECT_TIMEOUT = 30.0
+"""How long a put waits for its channel: one the device had before it was restarted is
+found again only when libca's search for it comes round, which backs off to many
+seconds while the device is away (no caRepeater here to pass on its beacons)."""
+
+
 def _caput(pvname: str, value: Any, timeout: float) -> Any:
     import epics
 
-    return epics.caput(pvname, value, wait=True, timeout=timeout)
+    return epics.caput(
+        pvname, value, wait=True, timeout=timeout, connection_timeout=CONNECT_TIMEOUT
+    )
 
 
 def base_ioc_environment(
