@@ -9,10 +9,9 @@ caproto 1.3's asyncio circuit, and why:
   the socket carries the request out and sends the reply; while a reply waits
   for a slow client, the circuit reads nothing more from it, so its backlog of
   requests is bounded by one read. While it carries requests out, the
-  monitor updates they cause wait in the circuit's sender and leave with the
-  next reply, after it and in the same write (one send per put with a
-  callback, as a put's reply and its update reach the client together), or,
-  when no reply follows, from the sender's task once the requests are done.
+  monitor updates they cause wait in the circuit's sender; once the replies
+  are written, they are built and written in the same turn (a put is answered
+  before its updates are built, and they need no turn of the sender's task).
 * **Bounded input.** A message whose header claims more than
   ``EPICS_CA_MAX_ARRAY_BYTES`` (plus header room, as EPICS base), or names a
   command no client sends, closes the circuit as soon as the header is read,
@@ -314,7 +313,7 @@ class RequestHandling(_CaprotoCircuit):
         return await super()._process_command(command)
 
     async def _write(self, command: Any) -> list[Any]:
-        """A put, carried out now; its reply goes out ahead of the updates it causes."""
+        """A put, carried out now; its reply goes out before the updates it causes are built."""
         chan, db_entry = self._get_db_entry_from_command(command)
         try:
             status = await db_entry.auth_write(

@@ -3,8 +3,9 @@
 The server hands an update to :meth:`CoalescingSender.offer` and moves on at
 once; the sender's own task turns the waiting updates into bytes and writes them
 while the connection takes them. While the circuit carries out the client's
-requests (:meth:`~CoalescingSender.hold`), updates wait for the next reply and
-go out right after it in the same write (:meth:`~CoalescingSender.write_reply`).
+requests (:meth:`~CoalescingSender.hold`), updates wait; once the requests'
+replies are written they go out at once, in the same turn of the loop
+(:meth:`~CoalescingSender.release`), not from the sender's task.
 When the connection's send buffer is above its high-water mark the sender
 stops and the updates keep coalescing (the latest per subscription,
 :class:`~bgrscrpt_ioc.core.flow.Coalescer`), as EPICS base's rsrv does. A
@@ -20,6 +21,7 @@ tests can drive it with a fake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -109,28 +111,25 @@ class CoalescingSender:
         self._held = True
 
     def release(self) -> None:
-        """The requests are done: what still waits goes out from the sender's task."""
+        """The requests are done: what waits goes out now, after their replies."""
         self._held = False
-        if self._waiting and not self._paused:
+        if not self._waiting or self._paused or self._closed:
+            return
+        if self.behind_since is None and self._transport.get_write_buffer_size() <= self.high_water:
+            with contextlib.suppress(ConnectionResetError):  # the task sees it too
+                self._send_some()
+        if self._waiting:
             self._wake.set()
 
     def write_reply(self, reply: bytes) -> None:
-        """Write ``reply`` with, after it in the same write, the updates waiting.
+        """Write ``reply`` now: the updates its request caused wait for :meth:`release`.
 
-        A put's reply and the monitor update it caused then reach the client in
-        one segment: one send, and no turn of the sender's task, per put.
-        Raises ConnectionResetError when the connection closes under it.
+        The reply goes out before they are built (a put's caller waits for the
+        reply, not for its monitor update; building them first was measured to
+        slow the put's round trip), and they follow in the same turn, with no
+        turn of the sender's task in between.
         """
-        if (
-            self._waiting
-            and not self._paused
-            and not self._closed
-            and self.behind_since is None
-            and self._transport.get_write_buffer_size() <= self.high_water
-        ):
-            self._send_some(reply)
-        else:
-            self._transport.write(reply)
+        self._transport.write(reply)
 
     def discard(self, key: Hashable) -> None:
         """Forget what waits for ``key`` (its subscription has ended)."""

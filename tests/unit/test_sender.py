@@ -256,19 +256,26 @@ async def test_a_lost_connection_ends_the_sender():
         await asyncio.wait_for(task, 5)
 
 
-async def test_updates_caused_while_requests_are_carried_out_go_out_with_the_reply():
+async def test_updates_caused_while_requests_are_carried_out_follow_the_reply_at_once():
     transport = FakeTransport()
-    sender, _ = make(transport, chunk=1 << 16)
+    built: list[tuple[str, int]] = []
+
+    def building(item: tuple[str, int]) -> bytes:
+        built.append(item)
+        return build(item)
+
+    sender, _ = make(transport, chunk=1 << 16, build=building)
     task = asyncio.create_task(sender.run())
     sender.hold()  # the circuit is carrying out a put
     sender.offer("a", ("a", 1), 20)  # the update the put causes
     await asyncio.sleep(0.01)  # the sender's task had its chance: held, it sent nothing
     assert transport.sent == []
     sender.write_reply(b"reply;")
+    assert transport.sent == [b"reply;"] and built == []  # the reply before any building
     sender.release()
-    assert transport.sent == [b"reply;" + build(("a", 1))]  # one write, the reply first
+    assert transport.sent == [b"reply;", build(("a", 1))]  # in the same turn: no task turn
     await asyncio.sleep(0.01)
-    assert len(transport.sent) == 1  # nothing left for the sender's task
+    assert len(transport.sent) == 2  # nothing left for the sender's task
     sender.close()
     await asyncio.wait_for(task, 1)
 
