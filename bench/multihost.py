@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from devsupport.settings_text import watch_entry
 from devsupport.waiting import wait_for
 
 from .common import fresh_prefix, median
@@ -28,14 +29,6 @@ NAME = "multihost"
 PORTS = 0  # every server is on a host of its own, on the CA default port
 SAMPLES = 8  # per mode
 GOAL_RATIO = 1.2
-
-
-def _watch(name: str, pv: str, ioc: str, **keys: Any) -> str:
-    lines = ["[[watch]]", f'name = "{name}"', f'pvs = ["{pv}"]', f'restart = ["{ioc}"]']
-    for key, value in keys.items():
-        quoted = isinstance(value, str) and not value.startswith("{")  # "{": an inline table
-        lines.append(f'{key} = "{value}"' if quoted else f"{key} = {value}")
-    return "\n".join(lines) + "\n"
 
 
 def run(workdir: Path, pool: Any) -> dict:
@@ -60,12 +53,12 @@ def _measure(workdir: Path) -> dict:
         try:
             sim.start()
             restart = {"procserv": f'{{ {sim.name} = "{sim.control}" }}'}
-            b_settings = _watch("LOCAL", sim.pv(), sim.name, delay=0.0, **restart, **lax)
-            b_settings += _watch("T1", sim.pv(), sim.name, delay=3600.0, **restart, **lax)
+            b_settings = watch_entry("LOCAL", sim.pv(), sim.name, delay=0.0, **restart, **lax)
+            b_settings += watch_entry("T1", sim.pv(), sim.name, delay=3600.0, **restart, **lax)
             b = _ioc(HostIoc, lan["target"], workdir / "target", b_settings, [sim.endpoint])
             iocs.append(b)
             peer = {"via": "peer", "peer": f'{{ {sim.name} = "{b.prefix}BGRSCRPT:WATCH:T1:" }}'}
-            a_settings = _watch("W", sim.pv(), sim.name, delay=0.0, **peer, **lax)
+            a_settings = watch_entry("W", sim.pv(), sim.name, delay=0.0, **peer, **lax)
             a = _ioc(HostIoc, lan["watcher"], workdir / "watcher", a_settings,
                      [sim.endpoint, b.endpoint])  # fmt: skip
             iocs.append(a)

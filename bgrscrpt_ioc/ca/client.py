@@ -86,6 +86,7 @@ from caproto.client import search_results as _search_results
 from ..aio import cancel_and_wait
 from ..core.reconnect import CircuitRetry
 from .names import check_names
+from .refused import take_refused
 
 log = logging.getLogger("bgrscrpt_ioc.ca.client")
 
@@ -254,18 +255,9 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
 
     def _answer_with_error(self, error: Any) -> None:
         """The server refused a read or write that is waited for: its answer is the
-        error reply (as libca calls back with the error status), not a timeout."""
-        request = error.original_request
-        if request.command not in (ca.ReadNotifyRequest.ID, ca.WriteNotifyRequest.ID):
-            return
-        ioid_info = self.ioids.pop(request.parameter2, None)  # the request's ioid
-        if ioid_info is None:
-            return
-        event = ioid_info.get("event")
-        if event is not None:
-            ioid_info["response"] = error
-            event.set()
-        callback = ioid_info.get("callback")
+        error reply, not a timeout (:mod:`.refused`)."""
+        ioid_info = take_refused(self.ioids, error)
+        callback = ioid_info.get("callback") if ioid_info is not None else None
         if callback is not None:
             self.user_callback_executor.submit(callback, error)
 

@@ -55,6 +55,7 @@ from caproto.threading import client as _stock
 
 from ..core.reconnect import CircuitRetry
 from .names import check_names
+from .refused import take_refused
 
 log = logging.getLogger("bgrscrpt_ioc.ca.client")
 
@@ -177,18 +178,9 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
 
     def _answer_with_error(self, error: Any) -> None:
         """The server refused a read or write that is waited for: its answer is the
-        error reply (as libca calls back with the error status), not a timeout."""
-        request = error.original_request
-        if request.command not in (ca.ReadNotifyRequest.ID, ca.WriteNotifyRequest.ID):
-            return
-        ioid_info = self.ioids.pop(request.parameter2, None)  # the request's ioid
-        if ioid_info is None:
-            return
-        event = ioid_info.get("event")
-        if event is not None:
-            ioid_info["response"] = error
-            event.set()
-        callback = ioid_info.get("callback")
+        error reply, not a timeout (:mod:`.refused`)."""
+        ioid_info = take_refused(self.ioids, error)
+        callback = ioid_info.get("callback") if ioid_info is not None else None
         if callback is not None:
             with contextlib.suppress(RuntimeError):  # shutting down: nobody to tell
                 self.user_callback_executor.submit(callback, error)

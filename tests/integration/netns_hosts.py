@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from devsupport.epics_base import REPO
 from tests.integration.harness import Ioc, wait_for
 from tests.integration.watch_targets import SimDevice
 
@@ -308,17 +309,12 @@ class HostIoc(Ioc):
         return super().stop(timeout, must_exit=must_exit)
 
 
-GREETING = r"""
-import socket, sys
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5.0) as sock:
-    data = b""
-    while b"connected (plus you)" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-sys.stdout.write(data.decode(errors="replace"))
-"""
+GREETING = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from devsupport.epics_base import procserv_greeting; "
+    "sys.stdout.write(procserv_greeting(sys.argv[2]))"
+)
+"""devsupport's procServ greeting, read by a process on the host (the port is its own)."""
 
 
 class HostSim(SimDevice):
@@ -360,8 +356,7 @@ class HostSim(SimDevice):
 
     def greeting(self) -> str:
         """procServ's greeting, read on the host (its control port is the host's own)."""
-        host, port = self.control.rsplit(":", 1)
-        done = self.host.run(sys.executable, "-c", GREETING, host, port)
+        done = self.host.run(sys.executable, "-c", GREETING, str(REPO), self.control)
         assert done.returncode == 0, done.stderr
         return done.stdout
 

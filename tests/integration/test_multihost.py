@@ -18,6 +18,7 @@ import time
 import pytest
 
 from bgrscrpt_ioc import __version__
+from devsupport.settings_text import watch_entry
 from tests.integration.conftest import FAST_SETTINGS, write_script
 from tests.integration.harness import wait_for
 from tests.integration.netns_hosts import (
@@ -310,19 +311,6 @@ def test_write_access_by_address_from_other_hosts(hosts, make_host_ioc):
 # ---- a watch on one host, the IOC it restarts on another --------------------------------
 
 CONN_TMO = 5.0  # the watching IOC's EPICS_CA_CONN_TMO in the partition test
-
-
-def watch_entry(name: str, pv: str, ioc: str, **keys: object) -> str:
-    """One [[watch]] entry; a str value starting with "{" is an inline table."""
-    lines = ["[[watch]]", f'name = "{name}"', f'pvs = ["{pv}"]', f'restart = ["{ioc}"]']
-    for key, value in keys.items():
-        if isinstance(value, str) and not value.startswith("{"):
-            lines.append(f'{key} = "{value}"')
-        elif isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        else:
-            lines.append(f"{key} = {value}")
-    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture

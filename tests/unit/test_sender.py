@@ -91,6 +91,12 @@ async def until(condition, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.001)
 
 
+async def turns(n: int = 5) -> None:
+    """Let the loop run every ready task ``n`` times (a woken sender sends within one)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 def fill_buffer(sender: CoalescingSender, transport: FakeTransport) -> None:
     """Stop the client and queue enough that the buffer is above its high-water mark."""
     transport.stop_reading()
@@ -268,13 +274,13 @@ async def test_updates_caused_while_requests_are_carried_out_follow_the_reply_at
     task = asyncio.create_task(sender.run())
     sender.hold()  # the circuit is carrying out a put
     sender.offer("a", ("a", 1), 20)  # the update the put causes
-    await asyncio.sleep(0.01)  # the sender's task had its chance: held, it sent nothing
+    await turns()  # the sender's task had its chance: held, it sent nothing
     assert transport.sent == []
     sender.write_reply(b"reply;")
     assert transport.sent == [b"reply;"] and built == []  # the reply before any building
     sender.release()
     assert transport.sent == [b"reply;", build(("a", 1))]  # in the same turn: no task turn
-    await asyncio.sleep(0.01)
+    await turns()
     assert len(transport.sent) == 2  # nothing left for the sender's task
     sender.close()
     await asyncio.wait_for(task, 1)
