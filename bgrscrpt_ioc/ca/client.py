@@ -294,6 +294,9 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             if task is not current:
                 task.cancel()
         context: Context = self.context
+        if self.loss:
+            for key in keys:
+                context.losses[key] = self.loss
         if reconnect and keys and not context.closing:
             delay = context.retry.ended(self.circuit.address, lived, served=self.served)
             if delay > 0:
@@ -345,6 +348,9 @@ class Context(_stock.Context):
     def __init__(self, broadcaster: Any = None, **kwargs: Any):
         super().__init__(broadcaster if broadcaster is not None else SharedBroadcaster(), **kwargs)
         self.retry = CircuitRetry()
+        self.losses: dict[tuple[str, int], str] = {}
+        """(name, priority) -> why the circuit a PV was last on ended (kept while the
+        PV searches again, when it has no circuit to ask)."""
 
     @property
     def closing(self) -> bool:
@@ -444,8 +450,9 @@ def why_not_connected(pv: Any) -> str:
     if pv.connected:
         return ""
     manager = pv.circuit_manager
-    if manager is None:
-        return NO_ANSWER
+    if manager is None:  # searching again: why its last circuit ended, if it had one
+        loss = getattr(pv.context, "losses", {}).get((pv.name, pv.priority))
+        return f"{loss}; {NO_ANSWER} since" if loss else NO_ANSWER
     loss = getattr(manager, "loss", None)
     if loss:
         return str(loss)
