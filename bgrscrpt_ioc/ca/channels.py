@@ -34,6 +34,7 @@ from caproto._utils import CaprotoConversionError
 from caproto.server import PvpropertyDouble, PvpropertyEnum
 
 from .epics_reads import BaseReads, keep_nord
+from .publish_after_reply import PublishAfterReply
 
 READONLY_ASG = "READONLY"
 """The ``ASG`` of a record clients may not write (IBEX's access security group name)."""
@@ -43,7 +44,7 @@ class PutRejected(ValueError):
     """A put the IOC refuses. The client gets ECA_PUTFAIL; nothing changes."""
 
 
-class _VerifyBeforeWrite:
+class _VerifyBeforeWrite(PublishAfterReply):
     """Run verification and the putter before caproto's ``write``.
 
     ``ChannelData.write`` runs them inside a ``try`` whose ``except`` writes a

@@ -47,6 +47,7 @@ from bgrscrpt_ioc.core.ca_frames import Oversized
 
 from .client_faults import is_client_fault, log, one_line, reason_of
 from .limits import MAX_CHANNELS_VAR, MAX_MONITORS_VAR
+from .publish_after_reply import held_publications, publish_held
 
 READ_SIZE = 16384
 """Bytes read from a client at a time (EPICS base's MAX_TCP): what bounds its request backlog."""
@@ -150,10 +151,14 @@ class RequestHandling(_CaprotoCircuit):
             self.fault("protocol", f"sent what is not Channel Access ({reason_of(exc)}); closed")
             self.close()
             raise DisconnectedCircuit() from None
-        self._sender.hold()  # the updates these requests cause go out with their replies
+        # The updates these requests cause are read and built after their replies
+        # are written, and sent in this same turn (publish_after_reply, sender).
+        held = held_publications()
+        self._sender.hold()
         try:
             await self._carry_out(commands)
         finally:
+            await publish_held(held)
             self._sender.release()
         if len(data) >= READ_SIZE:
             await asyncio.sleep(0)  # more is waiting: the others first (module docstring)

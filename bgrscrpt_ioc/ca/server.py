@@ -47,6 +47,7 @@ from .discovery import DiscoveryMixin
 from .epics_reads import RefusedReads
 from .limits import ServerLimits, server_limits
 from .sender import HIGH_WATER, LOW_WATER
+from .steady_circuit import SteadyCircuit
 
 log = logging.getLogger("bgrscrpt_ioc.ca")
 
@@ -121,7 +122,7 @@ class FlowContext(BoundedAccept, _asyncio_server.Context):
         transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
         # Access rules read the peer address of the circuit they decide for (this task's).
         CLIENT_ADDRESS.set(addr[0])
-        circuit = self.CircuitClass(ca.VirtualCircuit(ca.SERVER, addr, None), client, self)
+        circuit = self.CircuitClass(SteadyCircuit(ca.SERVER, addr, None), client, self)
         self.circuits.add(circuit)
         self.log.info("Connected to new client at %s:%d (total: %d).", *addr, len(self.circuits))
         try:
