@@ -4,8 +4,8 @@ The server hands an update to :meth:`CoalescingSender.offer` and moves on at
 once; the sender's own task turns the waiting updates into bytes and writes them
 while the connection takes them. While the circuit carries out the client's
 requests (:meth:`~CoalescingSender.hold`), updates wait; once the requests'
-replies are written they go out at once, in the same turn of the loop
-(:meth:`~CoalescingSender.release`), not from the sender's task.
+replies are written (:meth:`~CoalescingSender.release`) the sender's task sends
+them, in the loop's next turn.
 When the connection's send buffer is above its high-water mark the sender
 stops and the updates keep coalescing (the latest per subscription,
 :class:`~bgrscrpt_ioc.core.flow.Coalescer`), as EPICS base's rsrv does. A
@@ -21,7 +21,6 @@ tests can drive it with a fake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -111,23 +110,24 @@ class CoalescingSender:
         self._held = True
 
     def release(self) -> None:
-        """The requests are done: what waits goes out now, after their replies."""
+        """The requests are done and their replies written: what waits goes out next.
+
+        From the sender's task, in the loop's next turn, not in this one: measured
+        with pyepics' ``caput(wait=True)`` against EPICS base (make bench), a put's
+        round trip was 0.30 ms this way and 0.31 to 0.34 ms with its update sent in
+        the turn of its reply. A pyepics client handles the update in its CA thread,
+        which needs the interpreter lock its caller holds once the put has returned;
+        the later the update comes, the less the two contend."""
         self._held = False
-        if not self._waiting or self._paused or self._closed:
-            return
-        if self.behind_since is None and self._transport.get_write_buffer_size() <= self.high_water:
-            with contextlib.suppress(ConnectionResetError):  # the task sees it too
-                self._send_some()
-        if self._waiting:
+        if self._waiting and not self._paused and not self._closed:
             self._wake.set()
 
     def write_reply(self, reply: bytes) -> None:
         """Write ``reply`` now: the updates its request caused wait for :meth:`release`.
 
-        The reply goes out before they are built (a put's caller waits for the
-        reply, not for its monitor update; building them first was measured to
-        slow the put's round trip), and they follow in the same turn, with no
-        turn of the sender's task in between.
+        The reply goes out before they are built: a put's caller waits for the
+        reply, not for its monitor update (building them first was measured to
+        slow the put's round trip).
         """
         self._transport.write(reply)
 
@@ -220,9 +220,8 @@ class CoalescingSender:
                     raise ConnectionResetError("the connection is closing")
                 self._send_some()
 
-    def _send_some(self, first: bytes = b"") -> None:
-        """Build and write waiting updates, oldest first, until the buffer is full;
-        ``first`` (a reply) goes out ahead of them, in the same write.
+    def _send_some(self) -> None:
+        """Build and write waiting updates, oldest first, until the buffer is full.
 
         Raises ConnectionResetError when the connection closes under it.
 
@@ -230,8 +229,8 @@ class CoalescingSender:
         the moment its update leaves the coalescer and the moment it is written.
         """
         items = self._waiting.take()
-        parts: list[bytes] = [first] if first else []
-        size = len(first)
+        parts: list[bytes] = []
+        size = 0
         for index, (_key, item, _size) in enumerate(items):
             try:
                 data = self._build(item)
