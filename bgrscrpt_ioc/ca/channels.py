@@ -37,12 +37,10 @@ from caproto import (
     ChannelType,
 )
 from caproto._data import Forbidden, SkipWrite
-from caproto._dbr import TimeStamp
 from caproto._utils import CaprotoConversionError
 from caproto.server import PvpropertyData, PvpropertyEnum
 
 from .epics_reads import BaseReads, keep_nord
-from .publish_after_reply import PublishAfterReply
 
 READONLY_ASG = "READONLY"
 """The ``ASG`` of a record clients may not write (IBEX's access security group name)."""
@@ -52,7 +50,7 @@ class PutRejected(ValueError):
     """A put the IOC refuses. The client gets ECA_PUTFAIL; nothing changes."""
 
 
-class _VerifyBeforeWrite(PublishAfterReply):
+class _VerifyBeforeWrite:
     """Run verification and the putter before caproto's ``write``.
 
     ``ChannelData.write`` runs them inside a ``try`` whose ``except`` writes a
@@ -79,16 +77,6 @@ class _VerifyBeforeWrite(PublishAfterReply):
             if checked is not None:
                 value = checked
         await super().write(value, verify_value=False, **kwargs)  # type: ignore[misc]
-
-    async def write_metadata(
-        self, publish: bool = True, timestamp: Any = None, **others: Any
-    ) -> None:
-        if not publish and timestamp is not None and not others:
-            # A put's own write: only its time changes. caproto would first go
-            # through its ten other keywords, each looked up with locals().
-            self._data["timestamp"] = TimeStamp.from_flexible_value(timestamp)  # type: ignore[attr-defined]
-            return
-        await super().write_metadata(publish=publish, timestamp=timestamp, **others)  # type: ignore[misc]
 
     async def write_from_dbr(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -128,6 +116,14 @@ class CheckedEnum(_VerifyBeforeWrite, BaseReads, PvpropertyEnum):
             labels = tuple(self.enum_strings)
             if text not in labels and re.fullmatch(r"\s*[0-9]+\s*", text):
                 data = [enum_label(labels, int(text)).encode(self.string_encoding or "latin-1")]
+        elif data_type == ChannelType.ENUM and metadata is None and len(data) == 1:
+            # A state index (what every client sends to an ENUM): its label is what
+            # caproto's conversion would make of it. One out of range goes the long
+            # way, for caproto's refusal.
+            labels = tuple(self.enum_strings)
+            index = int(data[0])
+            if 0 <= index < len(labels):
+                return await self.write(labels[index], **kwargs)
         return await super().write_from_dbr(data, data_type, metadata, **kwargs)
 
 

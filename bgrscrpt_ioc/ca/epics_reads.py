@@ -33,7 +33,7 @@ from typing import Any
 import caproto as ca
 from caproto import ChannelData, ChannelType
 from caproto._backend import backend
-from caproto._dbr import DBR_TYPES, DbrStringArray, _LongStringChannelType
+from caproto._dbr import DBR_TYPES, DbrStringArray, TimeStamp, _LongStringChannelType
 from caproto.server import PVGroup
 from caproto.server.records import records as _caproto_records
 
@@ -51,6 +51,7 @@ from ..core.dbr import (
     string_as_state,
 )
 from ..core.rset import FieldInfo, field_info
+from .publish_after_reply import PublishAfterReply
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ _STATE_NAMES = {
 _ENUM_TYPES = {Dbf.ENUM, Dbf.MENU}
 
 
-class BaseReads:
+class BaseReads(PublishAfterReply):
     """Mixin for caproto ``ChannelData`` classes: reads converted as EPICS base converts.
 
     Put it first in the bases. A PV declared with ``record="longin"`` (a
@@ -323,6 +324,17 @@ class BaseReads:
         await super().update_fields(value)  # type: ignore[misc]
         if self._record() is self:
             keep_nord(self)
+
+    async def write_metadata(
+        self, publish: bool = True, timestamp: Any = None, **others: Any
+    ) -> None:
+        if not publish and timestamp is not None and not others:
+            # A write of the value (a put, a record's RVAL following its VAL): only
+            # its time changes. caproto would first go through its ten other
+            # keywords, each looked up with locals().
+            self._data["timestamp"] = TimeStamp.from_flexible_value(timestamp)  # type: ignore[attr-defined]
+            return
+        await super().write_metadata(publish=publish, timestamp=timestamp, **others)  # type: ignore[misc]
 
 
 def _describe(metadata: Any, info: FieldInfo, request: Request, encoding: str) -> None:

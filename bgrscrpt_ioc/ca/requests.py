@@ -115,6 +115,7 @@ class RequestHandling(_CaprotoCircuit):
     if TYPE_CHECKING:
 
         def fault(self, kind: str, message: str) -> bool: ...
+        async def _send_buffers(self, *buffers: Any) -> None: ...
         def close(self) -> None: ...
         async def _cull_subscriptions(self, db_entry: Any, func: Any) -> tuple[Any, ...]: ...
 
@@ -343,11 +344,13 @@ class RequestHandling(_CaprotoCircuit):
                 )
             ]
         if isinstance(command, ca.WriteNotifyRequest):
-            return [
-                chan.write(
-                    ioid=command.ioid,
-                    status=True if status is None else status,
-                    data_count=db_entry.length,
-                )
-            ]
+            status = True if status is None else status
+            put_reply = getattr(self.circuit, "put_reply", None)  # a SteadyCircuit's
+            reply = None if put_reply is None else put_reply(command.ioid, db_entry.length, status)
+            if reply is None:
+                return [chan.write(ioid=command.ioid, status=status, data_count=db_entry.length)]
+            try:
+                await self._send_buffers(reply)
+            except (OSError, CaprotoNetworkError) as ex:  # as caproto's send
+                raise DisconnectedCircuit(f"Circuit disconnected: {ex}") from ex
         return []

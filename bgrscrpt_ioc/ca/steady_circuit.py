@@ -21,6 +21,8 @@ import logging
 from typing import Any
 
 import caproto as ca
+from caproto._headers import WriteNotifyResponseHeader
+from caproto._status import ensure_eca_value
 from caproto._utils import CONNECTED
 
 _EVENT_ADD_RESPONSE = ca.EventAddResponse
@@ -52,6 +54,24 @@ class SteadyCircuit(ca.VirtualCircuit):
             buffers.append(memoryview(command.header))
             buffers.extend(command.buffers)
         return buffers
+
+    def put_reply(self, ioid: int, data_count: int, status: Any) -> bytes | None:
+        """The reply to the put ``ioid``, the bytes caproto's ``ServerChannel.write``
+        and ``send`` make of it, with caproto's tables kept as they keep them.
+
+        None when caproto's own way must run: a put it does not know or a channel
+        not connected (it raises), or debug logging on (it logs every message).
+        """
+        if self.log.isEnabledFor(logging.DEBUG):
+            return None
+        chan = self._ioids.get(ioid)
+        if chan is None or not _connected(chan):
+            return None
+        del self._ioids[ioid]
+        header = WriteNotifyResponseHeader(
+            chan.native_data_type, data_count, ensure_eca_value(status), ioid
+        )
+        return bytes(header)
 
     def _process_command(self, role: Any, command: Any) -> None:
         kind = type(command)

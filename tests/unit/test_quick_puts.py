@@ -13,7 +13,7 @@ import pytest
 from caproto import ChannelDouble, ChannelType
 from caproto.server import PVGroup, pvproperty
 
-from bgrscrpt_ioc.ca.channels import CheckedDouble, _QuickAlarmLimits
+from bgrscrpt_ioc.ca.channels import CheckedDouble, CheckedEnum, PutRejected, _QuickAlarmLimits
 
 NAN = math.nan
 CTRL = [(0.0, 0.0), (0.0, 10.0)]
@@ -98,3 +98,35 @@ def test_metadata_other_than_the_time_still_goes_through_caproto():
     units, stamp = asyncio.run(run())
     assert units == "mm"
     assert stamp == 1_700_000_000.5
+
+
+class Modes(PVGroup):
+    mode = pvproperty(
+        value="b", dtype=CheckedEnum, enum_strings=["a", "b", "c"], name="MODE", record="mbbo"
+    )
+
+
+def test_an_enum_put_of_an_index_stores_the_label_caproto_would_and_follows_its_rval():
+    async def run() -> tuple[Any, ...]:
+        quick, slow = Modes("QE:").mode, Modes("SE:").mode
+        await quick.write_from_dbr(np.array([2], dtype=">u2"), ChannelType.ENUM, None)
+        # The long way: the same index as a LONG, which caproto converts.
+        await slow.write_from_dbr(np.array([2], dtype=">i4"), ChannelType.LONG, None)
+        rval = quick.field_inst.raw_value.value, slow.field_inst.raw_value.value
+        return quick.value, slow.value, rval
+
+    quick_value, slow_value, (quick_rval, slow_rval) = asyncio.run(run())
+    assert quick_value == slow_value == "c"
+    assert quick_rval == slow_rval == 2
+
+
+def test_an_enum_index_out_of_range_goes_the_long_way_to_caproto_s_refusal():
+    async def run() -> tuple[str, Any]:
+        mode = Modes("RE:").mode
+        with pytest.raises(PutRejected) as refused:
+            await mode.write_from_dbr(np.array([7], dtype=">u2"), ChannelType.ENUM, None)
+        return str(refused.value), mode.value
+
+    message, value = asyncio.run(run())
+    assert message.startswith("not a valid value: Invalid enum index"), message  # caproto's
+    assert value == "b"

@@ -132,3 +132,18 @@ def test_a_channel_cleared_refuses_its_put_as_caproto_does(kind):
                 data=[1.0], data_type=ChannelType.DOUBLE, data_count=1, sid=7, ioid=1
             )
         )
+
+
+@pytest.mark.parametrize("status", [True, 1, ca.CAStatus.ECA_PUTFAIL])
+def test_a_put_reply_is_the_bytes_caproto_sends(status):
+    stock, stock_chan = connected(ca.VirtualCircuit)
+    steady, _ = connected(SteadyCircuit)
+    request = ca.WriteNotifyRequest(
+        data=[1.0], data_type=ChannelType.DOUBLE, data_count=1, sid=7, ioid=3
+    )
+    stock.process_command(request)
+    steady.process_command(request)
+    expected = b"".join(stock.send(stock_chan.write(ioid=3, status=status, data_count=1)))
+    assert steady.put_reply(3, 1, status) == expected
+    assert steady._ioids.keys() == stock._ioids.keys()  # the ioid is forgotten by both
+    assert steady.put_reply(3, 1, status) is None  # a second reply: caproto's way, which raises
