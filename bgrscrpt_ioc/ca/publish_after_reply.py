@@ -9,9 +9,12 @@ While a circuit carries out a batch of requests (:func:`held_publications`), a
 :class:`PublishAfterReply` channel only notes that it must publish (one note per
 channel, the flags of its writes joined); :func:`publish_held` then publishes
 each noted channel once, reading the value it has then. The batch's replies
-are written first; the updates follow in the same turn of the loop, before the
-circuit reads its next requests. Nothing else changes: a read later in the
-same batch reads the channel itself, not its updates.
+are written first; the channels publish in the same turn of the loop, before
+the circuit reads its next requests (each circuit's sender then sends what they
+published). Nothing else changes: a read later in the same batch reads the
+channel itself, not its updates. Every PV and record field of the IOC is such a
+channel (:class:`~bgrscrpt_ioc.ca.epics_reads.BaseReads`), so a record's RVAL
+that follows its VAL publishes after the reply too.
 
 The batch is marked in a context variable, so only the task carrying it out
 (and a task it starts while the batch is open) defers; once the batch is over

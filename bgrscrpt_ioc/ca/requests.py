@@ -9,9 +9,11 @@ caproto 1.3's asyncio circuit, and why:
   the socket carries the request out and sends the reply; while a reply waits
   for a slow client, the circuit reads nothing more from it, so its backlog of
   requests is bounded by one read. While it carries requests out, the
-  monitor updates they cause wait in the circuit's sender; once the replies
-  are written, they are built and written in the same turn (a put is answered
-  before its updates are built, and they need no turn of the sender's task).
+  channels they write to only note that they must publish, and the monitor
+  updates wait in the circuit's sender; once the replies are written, the
+  channels publish (:mod:`~bgrscrpt_ioc.ca.publish_after_reply`) and the
+  sender's task sends the updates in the loop's next turn. A put is answered
+  before its updates are read, built or sent.
 * **Bounded input.** A message whose header claims more than
   ``EPICS_CA_MAX_ARRAY_BYTES`` (plus header room, as EPICS base), or names a
   command no client sends, closes the circuit as soon as the header is read,
@@ -152,8 +154,8 @@ class RequestHandling(_CaprotoCircuit):
             self.fault("protocol", f"sent what is not Channel Access ({reason_of(exc)}); closed")
             self.close()
             raise DisconnectedCircuit() from None
-        # The updates these requests cause are read and built after their replies
-        # are written, and sent in this same turn (publish_after_reply, sender).
+        # The updates these requests cause are read after their replies are
+        # written, and sent by the sender's task (publish_after_reply, sender).
         held = held_publications()
         self._sender.hold()
         try:
