@@ -251,6 +251,9 @@ class VirtualCircuitManager(_stock.VirtualCircuitManager):
             self._answer_with_error(command)
         elif isinstance(command, ca.CreateChanResponse):
             self.served = True
+            chan = self.circuit.channels.get(command.cid)
+            if chan is not None:  # connected again: its last loss is history
+                self.context.losses.pop((chan.name, self.circuit.priority), None)
         return await super()._process_command(command)
 
     def _answer_with_error(self, error: Any) -> None:

@@ -429,6 +429,27 @@ async def test_a_watched_pv_that_disconnects_says_why(link):
         await ctx.disconnect()
 
 
+async def test_a_loss_is_forgotten_once_the_pv_connects_again(link):
+    # Kept while the PV searches again; once connected, a later search (a PV
+    # re-created while silent) must not report that old loss as its cause.
+    server, relay = link
+    said = Reasons()
+    ctx = fixed_asyncio.Context(timeout=None)
+    monitor = PvMonitor(ctx, said.updates.append, on_reason=said.on_reason)
+    try:
+        await monitor.add([server.name])
+        await said.wait(lambda: said.updates and said.updates[-1].connected, "connection")
+        relay.cut()
+        await said.wait(lambda: not said.updates[-1].connected, "disconnection")
+        await said.wait(lambda: any(name == server.name for name, _ in ctx.losses), "a loss")
+        relay.restore()
+        await said.wait(lambda: said.updates[-1].connected, "reconnection")
+        assert not any(name == server.name for name, _ in ctx.losses), ctx.losses
+    finally:
+        await monitor.close()
+        await ctx.disconnect()
+
+
 async def test_a_watched_pv_whose_server_refuses_the_circuit_says_so(link):
     server, relay = link
     relay.circuits("refuse")  # searches are answered, connections refused
