@@ -39,6 +39,7 @@ from bgrscrpt_ioc.aio import cancel_and_wait
 from bgrscrpt_ioc.core.ca_frames import FrameGuard
 
 from .limits import SLOW_CLIENT_MAX_BYTES_VAR, SLOW_CLIENT_TMO_VAR
+from .publish_after_reply import publish_noted
 from .requests import REQUESTS, RequestHandling
 from .sender import CoalescingSender
 
@@ -245,6 +246,7 @@ class FlowCircuit(RequestHandling, _asyncio_server.VirtualCircuit):
         if self._closed or self._transport.is_closing():
             raise ConnectionResetError("the circuit is closed")
         self._sender.write_reply(b"".join(buffers))
+        await publish_noted()  # before any wait for this client (publish_after_reply)
         await self._sender.wait_writable()
 
     def _too_slow(self, reason: str) -> None:

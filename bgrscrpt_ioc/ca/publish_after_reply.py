@@ -8,9 +8,10 @@ pyepics' ``put(wait=True)``), that reading delayed every reply.
 While a circuit carries out a batch of requests (:func:`held_publications`), a
 :class:`PublishAfterReply` channel only notes that it must publish (one note per
 channel, the flags of its writes joined); :func:`publish_held` then publishes
-each noted channel once, reading the value it has then. The batch's replies
-are written first; the channels publish in the same turn of the loop, before
-the circuit reads its next requests (each circuit's sender then sends what they
+each noted channel once, reading the value it has then. The channels publish as
+soon as a reply of the batch is written (:func:`publish_noted`), before the
+circuit waits for a client that is behind, and what is left at the batch's end,
+in the same turn of the loop (each circuit's sender then sends what they
 published). Nothing else changes: a read later in the same batch reads the
 channel itself, not its updates. Every PV and record field of the IOC is such a
 channel (:class:`~bgrscrpt_ioc.ca.epics_reads.BaseReads`), so a record's RVAL
@@ -55,9 +56,24 @@ def held_publications() -> HeldPublications:
     return held
 
 
+async def publish_noted() -> None:
+    """Publish what this task's open batch has noted so far; the batch stays open.
+
+    Called once a reply is written and before the circuit waits for its client to
+    take more: a client that stopped reading must not hold back the updates every
+    other client is owed for the writes it made."""
+    held = _BATCH.get()
+    if held is not None and held.open and held.pending:
+        await _publish(held)
+
+
 async def publish_held(held: HeldPublications) -> None:
     """Close ``held`` and publish every channel it noted, once each; never raises."""
     held.open = False  # from here on, this task's writes publish at once
+    await _publish(held)
+
+
+async def _publish(held: HeldPublications) -> None:
     pending, held.pending = held.pending, {}
     for channel, flags in pending.values():
         try:

@@ -347,12 +347,16 @@ class RequestHandling(_CaprotoCircuit):
             ]
         if isinstance(command, ca.WriteNotifyRequest):
             status = True if status is None else status
-            put_reply = getattr(self.circuit, "put_reply", None)  # a SteadyCircuit's
-            reply = None if put_reply is None else put_reply(command.ioid, db_entry.length, status)
-            if reply is None:
+            reply = self.circuit.put_reply(command.ioid, db_entry.length, status)
+            if reply is None:  # caproto's own way, with its checks
                 return [chan.write(ioid=command.ioid, status=status, data_count=db_entry.length)]
+            await self.send_bytes(reply)
+        return []
+
+    async def send_bytes(self, data: bytes) -> None:
+        """caproto's ``send`` for bytes already made (SteadyCircuit.put_reply)."""
+        if self.connected:
             try:
-                await self._send_buffers(reply)
+                await self._send_buffers(data)
             except (OSError, CaprotoNetworkError) as ex:  # as caproto's send
                 raise DisconnectedCircuit(f"Circuit disconnected: {ex}") from ex
-        return []

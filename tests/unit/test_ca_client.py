@@ -406,16 +406,26 @@ class Reasons:
             await asyncio.sleep(0.05)
 
 
-async def test_a_watched_pv_that_disconnects_says_why(link):
-    # caproto keeps no reason for a lost circuit: a watch could only say
-    # "disconnected". The monitor's update carries it, and later news too.
-    server, relay = link
+@contextlib.asynccontextmanager
+async def watched(name: str) -> Any:
+    """A monitor of ``name`` on a context under test, connected; yields (what it said, context)."""
     said = Reasons()
     ctx = fixed_asyncio.Context(timeout=None)
     monitor = PvMonitor(ctx, said.updates.append, on_reason=said.on_reason)
     try:
-        await monitor.add([server.name])
+        await monitor.add([name])
         await said.wait(lambda: said.updates and said.updates[-1].connected, "connection")
+        yield said, ctx
+    finally:
+        await monitor.close()
+        await ctx.disconnect()
+
+
+async def test_a_watched_pv_that_disconnects_says_why(link):
+    # caproto keeps no reason for a lost circuit: a watch could only say
+    # "disconnected". The monitor's update carries it, and later news too.
+    server, relay = link
+    async with watched(server.name) as (said, _):
         relay.cut()  # not a byte either way: after the echo, "unresponsive"
         await said.wait(lambda: not said.updates[-1].connected, "disconnection")
         unresponsive = f"unresponsive server at 127.0.0.1:{relay.port}"
@@ -424,30 +434,19 @@ async def test_a_watched_pv_that_disconnects_says_why(link):
         await said.wait(lambda: said.reasons, "a later reason")
         assert said.reasons[-1].startswith(unresponsive), said.reasons
         assert said.reasons[-1].endswith("; no server answers its search since"), said.reasons
-    finally:
-        await monitor.close()
-        await ctx.disconnect()
 
 
 async def test_a_loss_is_forgotten_once_the_pv_connects_again(link):
     # Kept while the PV searches again; once connected, a later search (a PV
     # re-created while silent) must not report that old loss as its cause.
     server, relay = link
-    said = Reasons()
-    ctx = fixed_asyncio.Context(timeout=None)
-    monitor = PvMonitor(ctx, said.updates.append, on_reason=said.on_reason)
-    try:
-        await monitor.add([server.name])
-        await said.wait(lambda: said.updates and said.updates[-1].connected, "connection")
+    async with watched(server.name) as (said, ctx):
         relay.cut()
         await said.wait(lambda: not said.updates[-1].connected, "disconnection")
         await said.wait(lambda: any(name == server.name for name, _ in ctx.losses), "a loss")
         relay.restore()
         await said.wait(lambda: said.updates[-1].connected, "reconnection")
         assert not any(name == server.name for name, _ in ctx.losses), ctx.losses
-    finally:
-        await monitor.close()
-        await ctx.disconnect()
 
 
 async def test_a_watched_pv_whose_server_refuses_the_circuit_says_so(link):

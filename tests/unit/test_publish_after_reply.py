@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -143,3 +144,54 @@ async def test_a_put_is_answered_first_and_its_update_carries_the_value(monkeypa
     assert order == ["WriteNotifyResponse", "EventAddResponse"], order
     assert values == [0.0, 7.5]
     assert reads_after_reply == [True]  # the update was read after the reply was written
+
+
+BLOB_BYTES = 4000
+
+
+class Busy(PVGroup):
+    x = pvproperty(
+        value=0.0, dtype=CheckedDouble, name="X", lower_ctrl_limit=0, upper_ctrl_limit=10
+    )
+    blob = pvproperty(value="b" * BLOB_BYTES, dtype=str, max_length=BLOB_BYTES, name="BLOB")
+
+
+async def test_a_client_that_stopped_reading_holds_back_no_update_of_its_put(monkeypatch):
+    """Its put is answered, then its reads' replies fill its connection and the circuit
+    waits for it; the other clients get the put's update meanwhile, not once it is
+    dropped."""
+    monkeypatch.setenv("EPICS_CAS_SLOW_CLIENT_TMO", "30")
+    group = Busy(f"PAS{uuid.uuid4().hex[:6].upper()}:")
+    async with ca_server(group.pvdb, monkeypatch) as served:
+
+        def watch_for_the_put() -> list[float]:
+            c = RawClient(served.port, name="watcher")
+            try:
+                chan = c.channel(group.x.pvname)
+                c.send(chan.subscribe(data_type=ChannelType.DOUBLE, subscriptionid=1))
+                c.until(lambda: c.events(), "the first update")
+                ready.set()
+                c.until(lambda: float(c.events()[-1].data[0]) == 7.5, "the put's update")
+                return [float(e.data[0]) for e in c.events()]
+            finally:
+                c.close()
+
+        def stopped() -> RawClient:
+            c = RawClient(served.port, name="stopped")
+            x, blob = c.channel(group.x.pvname), c.channel(group.blob.pvname)
+            put = x.write([7.5], ioid=c.next_ioid(), notify=True)
+            reads = [blob.read(ioid=c.next_ioid()) for _ in range(3000)]  # 12 MB of replies
+            c.send(put, *reads)  # and never reads again
+            return c
+
+        ready = threading.Event()
+        watcher = asyncio.create_task(asyncio.to_thread(watch_for_the_put))
+        await asyncio.to_thread(ready.wait, 10)
+        client = await asyncio.to_thread(stopped)
+        try:
+            values = await asyncio.wait_for(watcher, 20)
+            # The stopped client is still connected: the update did not wait for its end.
+            assert len(served.context.circuits) == 2
+            assert values[-1] == 7.5
+        finally:
+            client.close()

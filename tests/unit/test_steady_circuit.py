@@ -28,6 +28,20 @@ def connected(kind: type) -> tuple[Any, Any]:
     return circuit, circuit.channels[1]
 
 
+def subscription_request() -> Any:
+    """A TIME_DOUBLE subscription (id 5) to the channel of :func:`connected`."""
+    return ca.EventAddRequest(
+        data_type=ChannelType.TIME_DOUBLE,
+        data_count=0,
+        sid=7,
+        subscriptionid=5,
+        low=0,
+        high=0,
+        to=0,
+        mask=1,
+    )
+
+
 def steady_traffic(circuit: Any, chan: Any) -> list[bytes]:
     """A put's request and reply and a subscription's updates; the bytes the server sent."""
     sent: list[bytes] = []
@@ -35,18 +49,7 @@ def steady_traffic(circuit: Any, chan: Any) -> list[bytes]:
         ca.WriteNotifyRequest(data=[1.5], data_type=ChannelType.DOUBLE, data_count=1, sid=7, ioid=3)
     )
     sent.append(b"".join(circuit.send(chan.write(ioid=3, status=1, data_count=1))))
-    circuit.process_command(
-        ca.EventAddRequest(
-            data_type=ChannelType.TIME_DOUBLE,
-            data_count=0,
-            sid=7,
-            subscriptionid=5,
-            low=0,
-            high=0,
-            to=0,
-            mask=1,
-        )
-    )
+    circuit.process_command(subscription_request())
     for value in (1.0, 2.0):
         update = chan.subscribe(
             data=[value],
@@ -98,18 +101,7 @@ def test_what_caproto_refuses_is_still_refused(kind):
         )
     with pytest.raises(ca.LocalProtocolError):  # a reply to no request
         circuit.send(chan.write(ioid=42, status=1, data_count=1))
-    circuit.process_command(
-        ca.EventAddRequest(
-            data_type=ChannelType.TIME_DOUBLE,
-            data_count=0,
-            sid=7,
-            subscriptionid=5,
-            low=0,
-            high=0,
-            to=0,
-            mask=1,
-        )
-    )
+    circuit.process_command(subscription_request())
     with pytest.raises(ca.LocalProtocolError):  # an update of another type than subscribed
         circuit.send(
             chan.subscribe(data=[1.0], data_type=ChannelType.DOUBLE, data_count=1, subscriptionid=5)
