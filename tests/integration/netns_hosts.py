@@ -263,7 +263,27 @@ class Agent:
                 stream.close()
 
 
-class HostIoc(Ioc):
+class _OnHost:
+    """A server process run on ``host`` (in its namespaces), served at the host's
+    address, with the agent that reads and writes its PVs from the same host."""
+
+    host: Host
+    port: int
+    agent: Agent | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host.address}:{self.port}"
+
+    def command(self) -> list[str]:
+        return self.host.command(super().command())  # type: ignore[misc]
+
+    def close_agent(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+
+
+class HostIoc(_OnHost, Ioc):
     """The real IOC on ``host``, serving ``--interfaces`` its address on the CA
     default port, read and written through an agent on the same host."""
 
@@ -272,14 +292,6 @@ class HostIoc(Ioc):
         kw.setdefault("args", ["--interfaces", host.address])
         super().__init__(env=env, **kw)
         self.host = host
-        self.agent: Agent | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host.address}:{self.port}"
-
-    def command(self) -> list[str]:
-        return self.host.command(super().command())
 
     def environment(self) -> dict[str, str]:
         # The tests' loopback beacon settings are not this host's.
@@ -304,8 +316,7 @@ class HostIoc(Ioc):
         return self.agent.put(self.pv(suffix), value, wait=wait, timeout=timeout)
 
     def stop(self, timeout: float = 30.0, *, must_exit: bool = True) -> int:
-        if self.agent is not None:
-            self.agent.close()
+        self.close_agent()
         return super().stop(timeout, must_exit=must_exit)
 
 
@@ -317,7 +328,7 @@ GREETING = (
 """devsupport's procServ greeting, read by a process on the host (the port is its own)."""
 
 
-class HostSim(SimDevice):
+class HostSim(_OnHost, SimDevice):
     """The simulated device (an EPICS base IOC under Debian's procServ) on ``host``:
     CA on the host's address and ``port``; procServ's control port on the host's
     loopback, as Debian's procServ has it whatever it is given."""
@@ -326,14 +337,6 @@ class HostSim(SimDevice):
         super().__init__(workdir, port=port, **kw)
         self.host = host
         self.control = f"127.0.0.1:{random.randint(20000, 29999)}"  # the host's own
-        self.agent: Agent | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.host.address}:{self.port}"
-
-    def command(self) -> list[str]:
-        return self.host.command(super().command())
 
     def environment(self) -> dict[str, str]:
         env = {**super().environment(), "PATH": host_env()["PATH"]}
@@ -361,8 +364,7 @@ class HostSim(SimDevice):
         return done.stdout
 
     def stop(self) -> None:
-        if self.agent is not None:
-            self.agent.close()
+        self.close_agent()
         super().stop()
 
 
