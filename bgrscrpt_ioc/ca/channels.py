@@ -40,6 +40,7 @@ from caproto._data import Forbidden, SkipWrite
 from caproto._utils import CaprotoConversionError
 from caproto.server import PvpropertyData, PvpropertyEnum
 
+from .answer_on_accept import accepted
 from .epics_reads import BaseReads, keep_nord
 
 READONLY_ASG = "READONLY"
@@ -54,7 +55,9 @@ class _VerifyBeforeWrite:
     """Run verification and the putter before caproto's ``write``.
 
     ``ChannelData.write`` runs them inside a ``try`` whose ``except`` writes a
-    WRITE/MAJOR alarm; a rejected put must leave value *and* alarm alone.
+    WRITE/MAJOR alarm; a rejected put must leave value *and* alarm alone. Once
+    they have passed, the put is accepted: the client's reply may go out before
+    caproto stores the value (:mod:`~bgrscrpt_ioc.ca.answer_on_accept`).
 
     A putter's controller (a slot runner, a watch) refuses a put by raising
     ValueError, its text saying why: that reaches the client as PutRejected, the
@@ -76,6 +79,7 @@ class _VerifyBeforeWrite:
                 return
             if checked is not None:
                 value = checked
+            accepted(self)  # caproto's write below stores it, waiting for nothing
         await super().write(value, verify_value=False, **kwargs)  # type: ignore[misc]
 
     async def write_from_dbr(self, *args: Any, **kwargs: Any) -> Any:

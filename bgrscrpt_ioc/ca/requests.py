@@ -8,7 +8,10 @@ caproto 1.3's asyncio circuit, and why:
   loop per request) and starts another task per put. Here the task that reads
   the socket carries the request out and sends the reply; while a reply waits
   for a slow client, the circuit reads nothing more from it, so its backlog of
-  requests is bounded by one read. While it carries requests out, the
+  requests is bounded by one read. A read that holds one put of one value and
+  nothing else skips caproto's message layers (:mod:`~bgrscrpt_ioc.ca.put_lane`),
+  and a put to a scalar PV is answered as soon as the PV has accepted it
+  (:mod:`~bgrscrpt_ioc.ca.answer_on_accept`). While it carries requests out, the
   channels they write to only note that they must publish, and the monitor
   updates wait in the circuit's sender; once the replies are written, the
   channels publish (:mod:`~bgrscrpt_ioc.ca.publish_after_reply`) and the
@@ -38,18 +41,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import caproto as ca
 from caproto import CaprotoNetworkError
+from caproto._commands import extract_data
 from caproto._utils import CaprotoConversionError
 from caproto.server.common import DisconnectedCircuit, LoopExit
 
 from bgrscrpt_ioc.core.ca_frames import Oversized
 
+from .answer_on_accept import answer_ended, answer_on_accept
 from .client_faults import is_client_fault, log, one_line, reason_of
 from .limits import MAX_CHANNELS_VAR, MAX_MONITORS_VAR
 from .publish_after_reply import held_publications, publish_held
+from .put_lane import LonePut, lone_put
 
 READ_SIZE = 16384
 """Bytes read from a client at a time (EPICS base's MAX_TCP): what bounds its request backlog."""
@@ -111,6 +118,7 @@ class RequestHandling(_CaprotoCircuit):
     client_username: str | None
     _frames: Any
     _sender: Any
+    _transport: Any
     _live_ids: set[int]
     _closed: bool
 
@@ -118,6 +126,7 @@ class RequestHandling(_CaprotoCircuit):
 
         def fault(self, kind: str, message: str) -> bool: ...
         async def _send_buffers(self, *buffers: Any) -> None: ...
+        async def _after_reply(self) -> None: ...
         def close(self) -> None: ...
         async def _cull_subscriptions(self, db_entry: Any, func: Any) -> tuple[Any, ...]: ...
 
@@ -132,6 +141,17 @@ class RequestHandling(_CaprotoCircuit):
             data = b""
         if not data or self._closed:
             raise DisconnectedCircuit()
+        await self.handle_read(data)
+        if len(data) >= READ_SIZE:
+            await asyncio.sleep(0)  # more is waiting: the others first (module docstring)
+
+    async def handle_read(self, data: bytes) -> None:
+        """Carry out every complete request of what one read from the client brought, in order."""
+        put = lone_put(data) if self._frames.between_messages() else None
+        chan = None if put is None else self.circuit.put_channel(put.sid)
+        if put is not None and chan is not None:
+            await self._batch(self._lone_put(put, chan, data))
+            return
         refused = self._frames.feed(data)
         if isinstance(refused, Oversized):
             self.fault(
@@ -154,17 +174,18 @@ class RequestHandling(_CaprotoCircuit):
             self.fault("protocol", f"sent what is not Channel Access ({reason_of(exc)}); closed")
             self.close()
             raise DisconnectedCircuit() from None
-        # The updates these requests cause are read after their replies are
-        # written, and sent by the sender's task (publish_after_reply, sender).
+        await self._batch(self._carry_out(commands))
+
+    async def _batch(self, requests: Coroutine[Any, Any, None]) -> None:
+        """Carry out ``requests``; the updates they cause are read after their replies
+        are written, and sent by the sender's task (publish_after_reply, sender)."""
         held = held_publications()
         self._sender.hold()
         try:
-            await self._carry_out(commands)
+            await requests
         finally:
             await publish_held(held)
             self._sender.release()
-        if len(data) >= READ_SIZE:
-            await asyncio.sleep(0)  # more is waiting: the others first (module docstring)
 
     async def _carry_out(self, commands: list[Any]) -> None:
         turn_started = time.monotonic()
@@ -174,20 +195,55 @@ class RequestHandling(_CaprotoCircuit):
                 turn_started = time.monotonic()
                 if self._closed:
                     raise DisconnectedCircuit()
-            try:
-                response = await self._command_queue_iteration(command)
-                if response:
-                    await self.send(*response)
-                    self._forget_failed_channels(response)
-            except LoopExit:
-                self.close()
-                raise DisconnectedCircuit() from None
-            except ca.CaprotoError as exc:
-                # caproto's protocol state refused our reply: the state the client's
-                # requests left behind does not allow it. Nothing more to say to it.
-                self.fault("protocol", f"no reply possible to {type(command).__name__} ({exc})")
-                self.close()
-                raise DisconnectedCircuit() from None
+            await self._answer(command, self._command_queue_iteration(command))
+
+    async def _answer(self, command: Any, response: Awaitable[list[Any] | None]) -> None:
+        """Send what ``command`` gets in reply (``response``, carrying it out), if anything."""
+        try:
+            replies = await response
+            if replies:
+                await self.send(*replies)
+                self._forget_failed_channels(replies)
+        except LoopExit:
+            self.close()
+            raise DisconnectedCircuit() from None
+        except ca.CaprotoError as exc:
+            # caproto's protocol state refused our reply: the state the client's
+            # requests left behind does not allow it. Nothing more to say to it.
+            self.fault("protocol", f"no reply possible to {type(command).__name__} ({exc})")
+            self.close()
+            raise DisconnectedCircuit() from None
+
+    async def _lone_put(self, put: LonePut, chan: Any, data: bytes) -> None:
+        """A read holding one put of one value (:mod:`~bgrscrpt_ioc.ca.put_lane`), carried
+        out as :meth:`_write` carries any put out, without caproto's message layers.
+
+        A put to a scalar PV is answered as soon as the PV accepts it
+        (:mod:`~bgrscrpt_ioc.ca.answer_on_accept`)."""
+        db_entry = self.context[chan.name]
+        value = extract_data(put.payload, put.data_type, 1)
+        answer = None
+        if put.notify and db_entry.max_length == 1:
+            reply = self.circuit.lone_put_reply(chan, put.ioid, 1)
+            answer = answer_on_accept(db_entry, lambda: self._reply_now(reply))
+        try:
+            failed = await self._put(chan, db_entry, value, put.data_type, None)
+        finally:
+            answer_ended()
+        if answer is not None and answer.sent:
+            if failed is not None:  # logged by _put, with its traceback
+                log.error("the put to %s was answered as done before it failed", chan.name)
+            await self._replied_now()
+            return
+        if failed is None:
+            if put.notify:
+                await self.send_bytes(self.circuit.lone_put_reply(chan, put.ioid, db_entry.length))
+            return
+        # Refused: answered as caproto's way answers it, from the request caproto
+        # makes of the bytes, its protocol state kept as that way keeps it.
+        (command,), _ = self.circuit.recv(data)
+        self.circuit.process_command(command)
+        await self._answer(command, _replied(self._put_refusal(command, chan, failed)))
 
     def _forget_failed_channels(self, response: list[Any]) -> None:
         """A channel refused (a name not served, or past the client's bound) is gone.
@@ -323,13 +379,27 @@ class RequestHandling(_CaprotoCircuit):
     async def _write(self, command: Any) -> list[Any]:
         """A put, carried out now; its reply goes out before the updates it causes are built."""
         chan, db_entry = self._get_db_entry_from_command(command)
+        failed = await self._put(chan, db_entry, command.data, command.data_type, command.metadata)
+        if failed is not None:
+            return self._put_refusal(command, chan, failed)
+        if isinstance(command, ca.WriteNotifyRequest):
+            reply = self.circuit.put_reply(command.ioid, db_entry.length)
+            if reply is None:  # caproto's own way, with its checks
+                return [chan.write(ioid=command.ioid, status=True, data_count=db_entry.length)]
+            await self.send_bytes(reply)
+        return []
+
+    async def _put(
+        self, chan: Any, db_entry: Any, data: Any, data_type: Any, metadata: Any
+    ) -> Exception | None:
+        """Write what a client put to ``db_entry`` (if it may); why not, if it was refused."""
         try:
-            status = await db_entry.auth_write(
+            await db_entry.auth_write(
                 self.client_hostname,
                 self.client_username,
-                command.data,
-                command.data_type,
-                command.metadata,
+                data,
+                data_type,
+                metadata,
                 user_address=self.circuit.address,
             )
         except Exception as exc:
@@ -337,21 +407,19 @@ class RequestHandling(_CaprotoCircuit):
                 self.fault("put", f"put to {chan.name} refused: {reason_of(exc)}")
             else:
                 log.error("a put to %s failed", chan.name, exc_info=exc)
-            return [
-                ca.ErrorResponse(
-                    command,
-                    chan.cid,
-                    status=ca.CAStatus.ECA_PUTFAIL,
-                    error_message=reason_of(exc),
-                )
-            ]
-        if isinstance(command, ca.WriteNotifyRequest):
-            status = True if status is None else status
-            reply = self.circuit.put_reply(command.ioid, db_entry.length, status)
-            if reply is None:  # caproto's own way, with its checks
-                return [chan.write(ioid=command.ioid, status=status, data_count=db_entry.length)]
-            await self.send_bytes(reply)
-        return []
+            return exc
+        return None
+
+    @staticmethod
+    def _put_refusal(command: Any, chan: Any, exc: Exception) -> list[Any]:
+        return [
+            ca.ErrorResponse(
+                command,
+                chan.cid,
+                status=ca.CAStatus.ECA_PUTFAIL,
+                error_message=reason_of(exc),
+            )
+        ]
 
     async def send_bytes(self, data: bytes) -> None:
         """caproto's ``send`` for bytes already made (SteadyCircuit.put_reply)."""
@@ -360,3 +428,21 @@ class RequestHandling(_CaprotoCircuit):
                 await self._send_buffers(data)
             except (OSError, CaprotoNetworkError) as ex:  # as caproto's send
                 raise DisconnectedCircuit(f"Circuit disconnected: {ex}") from ex
+
+    def _reply_now(self, reply: bytes) -> None:
+        """Write ``reply`` at once, unless the circuit is ending (as ``_send_buffers``)."""
+        if self.connected and not self._closed and not self._transport.is_closing():
+            self._sender.write_reply(reply)
+
+    async def _replied_now(self) -> None:
+        """What follows a reply :meth:`_reply_now` wrote, as :meth:`send_bytes` has it."""
+        if self._closed or self._transport.is_closing():
+            raise DisconnectedCircuit("Circuit disconnected")
+        try:
+            await self._after_reply()
+        except (OSError, CaprotoNetworkError) as ex:  # as caproto's send
+            raise DisconnectedCircuit(f"Circuit disconnected: {ex}") from ex
+
+
+async def _replied(replies: list[Any]) -> list[Any]:
+    return replies

@@ -55,9 +55,10 @@ class SteadyCircuit(ca.VirtualCircuit):
             buffers.extend(command.buffers)
         return buffers
 
-    def put_reply(self, ioid: int, data_count: int, status: Any) -> bytes | None:
-        """The reply to the put ``ioid``, the bytes caproto's ``ServerChannel.write``
-        and ``send`` make of it, with caproto's tables kept as they keep them.
+    def put_reply(self, ioid: int, data_count: int, status: Any = True) -> bytes | None:
+        """The reply to the put ``ioid``, the bytes caproto's
+        ``ServerChannel.write`` and ``send`` make of it, with caproto's tables kept as
+        they keep them.
 
         None when caproto's own way must run: a put it does not know or a channel
         not connected (it raises), or debug logging on (it logs every message).
@@ -68,10 +69,26 @@ class SteadyCircuit(ca.VirtualCircuit):
         if chan is None or not _connected(chan):
             return None
         del self._ioids[ioid]
-        header = WriteNotifyResponseHeader(
-            chan.native_data_type, data_count, ensure_eca_value(status), ioid
+        return self.lone_put_reply(chan, ioid, data_count, status)
+
+    def put_channel(self, sid: int) -> Any:
+        """The channel a put to ``sid`` writes to, if caproto's protocol state has
+        nothing to check or keep for it (the channel connected in both roles); None
+        when caproto's way must run (it raises, or logs every message)."""
+        if self.log.isEnabledFor(logging.DEBUG):
+            return None
+        chan = self.channels_sid.get(sid)
+        return chan if chan is not None and _connected(chan) else None
+
+    @staticmethod
+    def lone_put_reply(chan: Any, ioid: int, data_count: int, status: Any = True) -> bytes:
+        """The reply to the put ``ioid`` to ``chan``, as caproto makes it: for a put
+        of :meth:`put_channel`'s, which caproto's tables never saw."""
+        return bytes(
+            WriteNotifyResponseHeader(
+                chan.native_data_type, data_count, ensure_eca_value(status), ioid
+            )
         )
-        return bytes(header)
 
     def _process_command(self, role: Any, command: Any) -> None:
         kind = type(command)

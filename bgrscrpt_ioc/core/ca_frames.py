@@ -58,6 +58,10 @@ class FrameGuard:
         self._header = bytearray()
         self._skip = 0  # payload bytes of the current message still to come
 
+    def between_messages(self) -> bool:
+        """True when the stream so far ends with a whole message (or is empty)."""
+        return not self._header and not self._skip
+
     def feed(self, data: bytes | bytearray | memoryview) -> Oversized | UnknownCommand | None:
         """Account for ``data``; the first header in it the server must refuse, if any.
 

@@ -113,6 +113,17 @@ def test_messages_within_the_limit_pass_whatever_the_chunking():
         assert found == [None] * len(found), size
 
 
+def test_between_messages_only_at_a_message_boundary():
+    guard = FrameGuard(4096)
+    assert guard.between_messages()
+    message = header(19, 8) + b"v" * 8
+    for cut in (1, 15, 16, 20):
+        guard.feed(message[:cut])
+        assert not guard.between_messages(), cut  # inside the header or the payload
+        guard.feed(message[cut:])
+        assert guard.between_messages(), cut
+
+
 def test_an_oversized_extended_header_is_refused_before_its_payload():
     guard = FrameGuard(16408)
     assert guard.feed(header(0, 0)) is None

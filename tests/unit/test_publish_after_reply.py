@@ -17,6 +17,7 @@ from bgrscrpt_ioc.ca.publish_after_reply import (
     held_publications,
     publish_held,
 )
+from bgrscrpt_ioc.ca.sender import CoalescingSender
 
 from .ca_raw import RawClient
 from .ca_server import ca_server
@@ -111,16 +112,14 @@ async def test_a_put_is_answered_first_and_its_update_carries_the_value(monkeypa
         return await original_read(self, data_type)
 
     monkeypatch.setattr(type(channel), "_read", read)
+    original_write_reply = CoalescingSender.write_reply
+
+    def write_reply(self: Any, reply: bytes) -> None:
+        replies.append(1)
+        original_write_reply(self, reply)
+
+    monkeypatch.setattr(CoalescingSender, "write_reply", write_reply)
     async with ca_server(group.pvdb, monkeypatch) as served:
-        sender_class = served.context.CircuitClass
-
-        original_send = sender_class._send_buffers
-
-        async def send(self: Any, *buffers: Any) -> None:
-            replies.append(1)
-            await original_send(self, *buffers)
-
-        monkeypatch.setattr(sender_class, "_send_buffers", send)
 
         def client() -> tuple[list[str], list[float]]:
             c = RawClient(served.port)
