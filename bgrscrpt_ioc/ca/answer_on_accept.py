@@ -4,10 +4,10 @@ A put's reply (WriteNotifyResponse) tells the client its put is done. caproto
 answers once ``ChannelData.write`` has returned: the value checked, the putter
 run (the controller has taken the value), and then the value, its time and
 alarm stored and its monitor update noted. Measured with pyepics'
-``caput(wait=True)`` against EPICS base (``make bench``, figure 2), answering
-between the two took the round trip from about 0.29 to 0.25 ms (the median
-ratio to base from 1.3-1.4x to 1.15-1.2x): the client goes on with the reply
-while the IOC stores.
+``caput(wait=True)`` against EPICS base (``make bench``, figure 2, runs of the
+two builds interleaved), answering between the two took the put's p50 from
+1.36-1.41 to 1.22-1.28 times base's: the client goes on with the reply while
+the IOC stores.
 
 No one can tell the difference. The store follows in the same step of the
 event loop and waits for nothing, so no request of this client or any other,
