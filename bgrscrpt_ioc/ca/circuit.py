@@ -246,11 +246,6 @@ class FlowCircuit(RequestHandling, _asyncio_server.VirtualCircuit):
         if self._closed or self._transport.is_closing():
             raise ConnectionResetError("the circuit is closed")
         self._sender.write_reply(b"".join(buffers))
-        await self._after_reply()
-
-    async def _after_reply(self) -> None:
-        """What follows a reply written: the updates noted so far go out to every
-        client, then wait while this client is behind, as long as the bound allows."""
         await publish_noted()  # before any wait for this client (publish_after_reply)
         await self._sender.wait_writable()
 

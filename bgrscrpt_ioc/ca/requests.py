@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import caproto as ca
@@ -126,7 +126,6 @@ class RequestHandling(_CaprotoCircuit):
 
         def fault(self, kind: str, message: str) -> bool: ...
         async def _send_buffers(self, *buffers: Any) -> None: ...
-        async def _after_reply(self) -> None: ...
         def close(self) -> None: ...
         async def _cull_subscriptions(self, db_entry: Any, func: Any) -> tuple[Any, ...]: ...
 
@@ -195,24 +194,26 @@ class RequestHandling(_CaprotoCircuit):
                 turn_started = time.monotonic()
                 if self._closed:
                     raise DisconnectedCircuit()
-            await self._answer(command, self._command_queue_iteration(command))
+            try:
+                replies = await self._command_queue_iteration(command)
+            except LoopExit:
+                self.close()
+                raise DisconnectedCircuit() from None
+            await self._reply(command, replies)
 
-    async def _answer(self, command: Any, response: Awaitable[list[Any] | None]) -> None:
-        """Send what ``command`` gets in reply (``response``, carrying it out), if anything."""
+    async def _reply(self, command: Any, replies: list[Any] | None) -> None:
+        """Send ``replies`` (to ``command``), if there are any."""
+        if not replies:
+            return
         try:
-            replies = await response
-            if replies:
-                await self.send(*replies)
-                self._forget_failed_channels(replies)
-        except LoopExit:
-            self.close()
-            raise DisconnectedCircuit() from None
+            await self.send(*replies)
         except ca.CaprotoError as exc:
             # caproto's protocol state refused our reply: the state the client's
             # requests left behind does not allow it. Nothing more to say to it.
             self.fault("protocol", f"no reply possible to {type(command).__name__} ({exc})")
             self.close()
             raise DisconnectedCircuit() from None
+        self._forget_failed_channels(replies)
 
     async def _lone_put(self, put: LonePut, chan: Any, data: bytes) -> None:
         """A read holding one put of one value (:mod:`~bgrscrpt_ioc.ca.put_lane`), carried
@@ -233,7 +234,7 @@ class RequestHandling(_CaprotoCircuit):
         if answer is not None and answer.sent:
             if failed is not None:  # logged by _put, with its traceback
                 log.error("the put to %s was answered as done before it failed", chan.name)
-            await self._replied_now()
+            await self.send_bytes(b"")  # the reply is out: what follows one
             return
         if failed is None:
             if put.notify:
@@ -243,7 +244,7 @@ class RequestHandling(_CaprotoCircuit):
         # makes of the bytes, its protocol state kept as that way keeps it.
         (command,), _ = self.circuit.recv(data)
         self.circuit.process_command(command)
-        await self._answer(command, _replied(self._put_refusal(command, chan, failed)))
+        await self._reply(command, self._put_refusal(command, chan, failed))
 
     def _forget_failed_channels(self, response: list[Any]) -> None:
         """A channel refused (a name not served, or past the client's bound) is gone.
@@ -430,19 +431,7 @@ class RequestHandling(_CaprotoCircuit):
                 raise DisconnectedCircuit(f"Circuit disconnected: {ex}") from ex
 
     def _reply_now(self, reply: bytes) -> None:
-        """Write ``reply`` at once, unless the circuit is ending (as ``_send_buffers``)."""
+        """Write ``reply`` at once, unless the circuit is ending (as ``_send_buffers``);
+        what follows a reply comes with the next :meth:`send_bytes`."""
         if self.connected and not self._closed and not self._transport.is_closing():
             self._sender.write_reply(reply)
-
-    async def _replied_now(self) -> None:
-        """What follows a reply :meth:`_reply_now` wrote, as :meth:`send_bytes` has it."""
-        if self._closed or self._transport.is_closing():
-            raise DisconnectedCircuit("Circuit disconnected")
-        try:
-            await self._after_reply()
-        except (OSError, CaprotoNetworkError) as ex:  # as caproto's send
-            raise DisconnectedCircuit(f"Circuit disconnected: {ex}") from ex
-
-
-async def _replied(replies: list[Any]) -> list[Any]:
-    return replies

@@ -127,9 +127,10 @@ class CoalescingSender:
 
         The reply goes out before they are built: a put's caller waits for the
         reply, not for its monitor update (building them first was measured to
-        slow the put's round trip).
+        slow the put's round trip). Nothing to write (a reply already out): nothing.
         """
-        self._transport.write(reply)
+        if reply:
+            self._transport.write(reply)
 
     def discard(self, key: Hashable) -> None:
         """Forget what waits for ``key`` (its subscription has ended)."""
